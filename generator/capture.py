@@ -1,0 +1,172 @@
+"""Hooks that stream every capture point of a forward pass into reducers.
+
+Nothing is copied to the CPU or kept past its block: each state is handed to the reducers that
+asked for it while the forward runs. The residual stream is rebuilt as in the paper
+(block input + attention output, + MLP output) and checked against the block's own output, which
+is the very tensor `output_hidden_states` reports, on every batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+import torch
+
+from generator.adapters import Adapter
+from generator.errors import CaptureError
+from generator.points import Site, all_sites
+
+
+@dataclass
+class Batch:
+    """Token ids (B, T), a validity mask (padding is False) and each row's global sample index."""
+
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    sample_ids: torch.Tensor
+
+    @cached_property
+    def flat_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sample id, position) of every valid token, in row-major order."""
+        rows, cols = self.mask.nonzero(as_tuple=True)
+        return self.sample_ids[rows], cols
+
+    @cached_property
+    def flat_tokens(self) -> torch.Tensor:
+        return self.input_ids[self.mask]
+
+
+@dataclass
+class State:
+    """One captured tensor (B, T, D) with views computed once and shared by all reducers."""
+
+    site: Site
+    h: torch.Tensor
+    batch: Batch
+
+    @cached_property
+    def rows(self) -> torch.Tensor:
+        """Valid tokens only, (N, D): padding never reaches a statistic."""
+        return self.h[self.batch.mask]
+
+    @cached_property
+    def norms(self) -> torch.Tensor:
+        """L2 norm of every valid token, (N,)."""
+        return torch.linalg.vector_norm(self.rows.float(), dim=-1)
+
+    @cached_property
+    def unit_rows(self) -> torch.Tensor:
+        return self.rows.float() / self.norms.clamp_min(1e-12).unsqueeze(-1)
+
+
+class Sink(Protocol):
+    def wants(self, site: Site) -> bool: ...
+
+    def update(self, state: State) -> None: ...
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+@dataclass
+class Capture:
+    """Install hooks on `model` for the sites the sinks want; use as a context manager."""
+
+    model: torch.nn.Module
+    adapter: Adapter
+    sinks: Sequence[Sink]
+    rtol: float = 1e-4
+    checks: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.n_blocks = self.adapter.n_blocks(self.model)
+        self.sites = all_sites(self.n_blocks)
+        self._routes = {(s.point, s.block): (s, [k for k in self.sinks if k.wants(s)])
+                        for s in self.sites}
+        self._handles: list[Any] = []
+        self._batch: Batch | None = None
+        self._block: dict[str, torch.Tensor] = {}
+
+    def _emit(self, point: str, block: int, h: torch.Tensor) -> None:
+        site, sinks = self._routes[(point, block)]
+        if sinks:
+            state = State(site, h, self._batch)  # type: ignore[arg-type]
+            for sink in sinks:
+                sink.update(state)
+
+    def _keep(self, name: str) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            self._block[name] = _first(output)
+        return hook
+
+    def _block_input(self, i: int) -> Any:
+        def hook(_module: Any, args: tuple, kwargs: dict) -> None:
+            h = args[0] if args else kwargs["hidden_states"]
+            self._block = {"input": h}
+            if i == 0:
+                self._emit("embed", -1, h)
+        return hook
+
+    def _block_output(self, i: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            got, out = self._block, _first(output)
+            resid_attn = got["input"] + got["attn"]
+            resid_mlp = resid_attn + got["mlp"]
+            self._check(i, resid_mlp, out)
+            for point, h in (("norm_attn", got["norm_attn"]), ("attn", got["attn"]),
+                             ("resid_attn", resid_attn), ("norm_mlp", got["norm_mlp"]),
+                             ("mlp", got["mlp"]), ("resid_mlp", resid_mlp)):
+                self._emit(point, i, h)
+            self._block = {}
+        return hook
+
+    def _final(self, _module: Any, _args: Any, output: Any) -> None:
+        self._emit("norm_final", self.n_blocks, _first(output))
+
+    def _check(self, i: int, rebuilt: torch.Tensor, actual: torch.Tensor) -> None:
+        err = (rebuilt - actual).abs().max()
+        scale = actual.abs().max() + 1.0
+        if not bool(err <= self.rtol * scale):
+            raise CaptureError(
+                f"block {i}",
+                f"rebuilt residual (input + attn + mlp) differs from the block output by "
+                f"{float(err):.3g} (scale {float(scale):.3g})",
+                "the adapter's module paths do not match this architecture, or another hook "
+                "changes module outputs; check generator/adapters/ for this model_type",
+            )
+        self.checks += 1
+
+    def __enter__(self) -> Capture:
+        m, a = self.model, self.adapter
+        for i in range(self.n_blocks):
+            block = a.block(m, i)
+            self._handles.append(block.register_forward_pre_hook(self._block_input(i),
+                                                                 with_kwargs=True))
+            for name in ("norm_attn", "attn", "norm_mlp", "mlp"):
+                self._handles.append(a.module(m, name, i).register_forward_hook(self._keep(name)))
+            self._handles.append(block.register_forward_hook(self._block_output(i)))
+        self._handles.append(a.module(m, "norm_final").register_forward_hook(self._final))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def run(self, batch: Batch) -> None:
+        """One forward pass of the base model; the hooks do the rest."""
+        self._batch = batch
+        with torch.inference_mode():
+            self.model(input_ids=batch.input_ids, attention_mask=batch.mask.long(), use_cache=False)
+        self._batch = None
+
+
+@contextlib.contextmanager
+def capturing(model: torch.nn.Module, adapter: Adapter, sinks: Sequence[Sink]) -> Iterator[Capture]:
+    with Capture(model, adapter, sinks) as cap:
+        yield cap

