@@ -6,10 +6,12 @@ Every failure becomes a `ModelLoadError` that names the model, the cause and the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +133,25 @@ def _dtype(spec: ModelSpec) -> Any:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    """Offline when told so, or when the hub cannot be reached (saves minutes of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return True
+    return not hub_reachable()
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    port = urlparse(constants.ENDPOINT).port or (443 if constants.ENDPOINT.startswith("https") else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _explain(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
@@ -163,11 +183,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
-               tokenizer: Any) -> dict[str, Any]:
-    """What the figures were made from: enough to tell two model versions apart."""
-    prov: dict[str, Any] = {"model": spec.name, "source": where, "gguf_file": gguf_file,
-                            "dtype": spec.dtype}
+def fingerprint(spec: ModelSpec) -> dict[str, Any]:
+    """Identify the exact weights without loading them: file hashes locally, the revision on the hub."""
+    where, gguf_file, local = resolve(spec)
+    fp: dict[str, Any] = {"model": spec.name, "source": where, "gguf_file": gguf_file,
+                          "dtype": spec.dtype}
     if local:
         root = Path(where)
         files = [root / gguf_file] if gguf_file else sorted(
@@ -175,13 +195,17 @@ def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
         h = hashlib.sha256()
         for p in files:
             h.update(p.name.encode() + sha256_file(p).encode())
-        prov["sha256"] = h.hexdigest()
-        prov["revision"] = None
+        fp["sha256"], fp["revision"] = h.hexdigest(), None
     else:
-        prov["id"] = spec.id
-        prov["revision"] = cached_revision(spec.id or where, spec.revision, gguf_file)
-    prov["tokenizer_sha256"] = tokenizer_hash(tokenizer)
-    return prov
+        fp["id"] = spec.id
+        fp["revision"] = cached_revision(spec.id or where, spec.revision, gguf_file)
+    return fp
+
+
+def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
+               tokenizer: Any) -> dict[str, Any]:
+    """What the figures were made from: enough to tell two model versions apart."""
+    return {**fingerprint(spec), "tokenizer_sha256": tokenizer_hash(tokenizer)}
 
 
 def cached_revision(repo_id: str, revision: str | None, gguf_file: str | None) -> str | None:

@@ -195,20 +195,25 @@ class Covariance(Reducer):
     kind = "covariance"
 
     def __init__(self, sites: Iterable[Site], d_model: int, unit: bool = False, every: int = 1,
-                 matmul_dtype: torch.dtype = torch.float32) -> None:
+                 min_position: int = 0, matmul_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(sites)
         self.unit, self.every, self.matmul_dtype = unit, every, matmul_dtype
+        self.min_position = min_position
         self.state = {"n": np.zeros(()), "mean": np.zeros(d_model),
                       "m2": np.zeros((d_model, d_model))}
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "unit": self.unit, "every": self.every}
+        return {**super().config(), "unit": self.unit, "every": self.every,
+                "min_position": self.min_position}
 
     def update(self, state: State) -> None:
         x = state.unit_rows if self.unit else state.rows
-        if self.every > 1:
+        if self.every > 1 or self.min_position > 0:
             sample, pos = state.batch.flat_index
-            x = x[token_hash(sample, pos, 0) % self.every == 0]
+            keep = pos >= self.min_position
+            if self.every > 1:
+                keep &= token_hash(sample, pos, 0) % self.every == 0
+            x = x[keep]
         if len(x) == 0:
             return
         x = x.to(self.matmul_dtype)

@@ -1,0 +1,56 @@
+"""Command line: `python -m generator run|render|site|bench|releases`. Errors print without traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from generator.errors import AtlasError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m generator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the suite and write artifacts")
+    run.add_argument("--suite", default="suite.toml")
+    run.add_argument("--out", default="build/artifacts")
+    run.add_argument("--models", nargs="+", help="only these models (names in the suite)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--strict", action="store_true", help="exit non-zero if anything was skipped")
+    run.add_argument("--no-progress", action="store_true")
+    render = sub.add_parser("render", help="render artifacts into docs/ (no torch needed)")
+    render.add_argument("--artifacts", default="build/artifacts")
+    render.add_argument("--docs", default="docs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "render":
+            from generator import render as rnd
+
+            rnd.render(Path(args.artifacts), Path(args.docs))
+            print(f"rendered {args.artifacts} into {args.docs}/")
+            return 0
+    except AtlasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed entries are kept, the next run resumes", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from generator import runner
+    from generator.suite import load_suite
+
+    suite = load_suite(args.suite)
+    summary = runner.run(suite, Path(args.out), args.models, args.device,
+                         progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    return 1 if args.strict and summary.skipped else 0

@@ -1,0 +1,186 @@
+"""The suite file: TOML read into frozen dataclasses, checked key by key against their type hints.
+
+Unknown keys and wrong types are errors naming the file, the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from generator.errors import SuiteError
+from generator.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class RepeatInputs:
+    tokens: list[str] = field(default_factory=lambda: [" the", ".", " cat", "\n"])
+    """Each string's first token is repeated to make one sequence (BOS first where there is one)."""
+    seq_len: int = 64
+
+
+@dataclass(frozen=True)
+class SingularInputs:
+    max_tokens: int = 0
+    """Run the first N vocabulary ids, each alone; 0 means the whole vocabulary."""
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Inputs:
+    source: str = "embedded"
+    """`embedded` (Python's bundled docs), a `.txt`/`.jsonl` path, or `hf:NAME` (streamed)."""
+    n_samples: int = 16
+    seq_len: int = 128
+    batch_size: int = 8
+    windows: str = "packed"
+    """`packed`: consecutive windows of the token stream; `documents`: one per doc, padded."""
+    text_field: str = "text"
+    """Field holding the text in `.jsonl` files and Hugging Face datasets."""
+    split: str = "train"
+    dataset_revision: str | None = None
+    repeat: RepeatInputs = field(default_factory=RepeatInputs)
+    singular: SingularInputs = field(default_factory=SingularInputs)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    device: str = "auto"
+    """`auto`, `cpu` or `cuda`; on CUDA the reducers stay on the GPU."""
+    cov_every: int = 1
+    """Covariance from 1 in k tokens (shard-invariant hash); 1 is exact."""
+    points_per_site: int = 100
+    """Reservoir sample size per capture site, for scatters, UMAP and separability."""
+    max_chart_points: int = 4000
+    """Cap on points drawn in one scatter; the subtitle says how many of how many."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Thresholds that turn the paper's findings into checked claims (see the claims page)."""
+
+    pos0_norm_ratio_min: float = 10.0
+    attn_mlp_separability_min: float = 0.9
+    position_periodicity_min: float = 0.5
+
+
+@dataclass(frozen=True)
+class Suite:
+    title: str = "latent-atlas report"
+    seed: int = 42
+    models: list[ModelSpec] = field(default_factory=list)
+    inputs: Inputs = field(default_factory=Inputs)
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
+    claims: Claims = field(default_factory=Claims)
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per experiment: `enabled` plus its own parameters (checked by the experiment)."""
+    path: str = ""
+    digest: str = ""
+
+    def experiment_enabled(self, name: str) -> bool:
+        return bool(self.experiments.get(name, {}).get("enabled", True))
+
+
+def load_suite(path: str | Path) -> Suite:
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(str(p), "suite file not found", "pass --suite PATH to an existing TOML file")
+    raw = p.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(str(p), f"not valid TOML ({exc})", "fix the syntax at that line") from None
+    suite = build(Suite, data, str(p), "")
+    _check(suite, str(p))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return dataclasses.replace(suite, path=str(p), digest=digest)
+
+
+def _check(suite: Suite, file: str) -> None:
+    names = [m.name for m in suite.models]
+    if len(set(names)) != len(names):
+        raise SuiteError(file, f"[[models]] names repeat: {names}", "give each model its own name")
+    for m in suite.models:
+        if sum(x is not None for x in (m.id, m.path, m.embedded)) != 1:
+            raise SuiteError(f"{file}: [[models]] {m.name}",
+                             "needs exactly one of `id`, `path`, `embedded`",
+                             "e.g. id = \"gpt2\" or path = \"models/x.gguf\"")
+    i = suite.inputs
+    for key, v in (("inputs.n_samples", i.n_samples), ("inputs.seq_len", i.seq_len),
+                   ("inputs.batch_size", i.batch_size), ("capture.cov_every", suite.capture.cov_every),
+                   ("inputs.repeat.seq_len", i.repeat.seq_len)):
+        if v < 1:
+            raise SuiteError(f"{file}: {key}", f"must be at least 1, got {v}", "use a positive integer")
+    if i.windows not in ("packed", "documents"):
+        raise SuiteError(f"{file}: inputs.windows", f"unknown value {i.windows!r}",
+                         "use \"packed\" or \"documents\"")
+
+
+def build(cls: type, data: Any, file: str, where: str) -> Any:
+    """Make dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise SuiteError(f"{file}: {where or 'top level'}", "expected a table", "see suite.toml")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "digest")}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SuiteError(f"{file}: {_join(where, unknown[0])}", "unknown key",
+                         f"known keys here: {', '.join(sorted(fields))}")
+    values = {k: convert(hints[k], v, file, _join(where, k)) for k, v in data.items()}
+    return cls(**values)
+
+
+def convert(tp: Any, v: Any, file: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return convert(a, v, file, key)
+            except SuiteError:
+                pass
+        raise _type_error(file, key, tp, v)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, v, file, key)
+    if origin is list:
+        if not isinstance(v, list):
+            raise _type_error(file, key, tp, v)
+        return [convert(args[0], x, file, f"{key}[{n}]") for n, x in enumerate(v)]
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise _type_error(file, key, tp, v)
+        return {str(k): convert(args[1], x, file, _join(key, k)) for k, x in v.items()}
+    if tp is Any:
+        return v
+    if tp is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if tp is int and isinstance(v, bool) or not isinstance(v, tp):
+        raise _type_error(file, key, tp, v)
+    return v
+
+
+def _type_error(file: str, key: str, tp: Any, v: Any) -> SuiteError:
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return SuiteError(f"{file}: {key}", f"expected {name}, got {type(v).__name__} {v!r}",
+                      f"write {key.rsplit('.', 1)[-1]} as a {name}")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def check_params(cls: type, data: dict[str, Any], file: str, experiment: str) -> Any:
+    """Build an experiment's Params from its suite table (minus `enabled`)."""
+    body = {k: v for k, v in data.items() if k != "enabled"}
+    if "enabled" in data and not isinstance(data["enabled"], bool):
+        raise _type_error(file, f"experiments.{experiment}.enabled", bool, data["enabled"])
+    return build(cls, body, file, f"experiments.{experiment}")
