@@ -122,3 +122,35 @@ def _byte_bpe_vocab(vocab_size: int) -> tuple[list[str], list[str]]:
     tokens = symbols + extra
     tokens = tokens[: vocab_size - 2] + ["<s>", "</s>"]
     return tokens, merges[: max(0, vocab_size - 2 - 256)]
+
+
+def save_tiny_folder(path: Path, model) -> Path:
+    """Save a tiny model with a real byte-level BPE tokenizer, as a hub snapshot folder would be."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    tokens, merges = _byte_bpe_vocab(model.config.vocab_size)
+    tk = Tokenizer(tk_models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                                 merges=[tuple(m.split()) for m in merges]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    path.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(path)
+    model.save_pretrained(path)
+    return path
+
+
+def write_suite(path: Path, models: list[dict], extra: str = "") -> Path:
+    """A small suite file for runner tests: short windows, few samples, small vocabulary run."""
+    lines = ['seed = 7', '[inputs]', 'n_samples = 6', 'seq_len = 24', 'batch_size = 4',
+             '[inputs.repeat]', 'tokens = ["a", "b"]', 'seq_len = 12',
+             '[inputs.singular]', 'max_tokens = 64', 'batch_size = 32',
+             '[capture]', 'points_per_site = 30', 'max_chart_points = 500',
+             '[experiments.attn_vs_mlp]', 'umap_points = 200', 'umap_neighbors = 8']
+    for m in models:
+        lines.append("[[models]]")
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in m.items()]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path

@@ -1,5 +1,7 @@
-"""Shared by `positions` and `pos_embed`: PCA of one vector per position and each component's
-dominant frequency over position (what makes a helix a helix: components that oscillate).
+"""Shared by `positions` and `pos_embed`: PCA of one vector per position, with frequencies.
+
+Each component's dominant frequency over position is what makes a helix a helix: components
+that oscillate.
 """
 
 from __future__ import annotations

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_llama
+
+from generator import adapters, pca
+from generator.capture import Batch, Capture
+from generator.points import all_sites
+from generator.reducers import Covariance, MeanState, NormStats, Reservoir, SampleNorms, chan_merge
+
+
+class Keep:
+    def __init__(self, site):
+        self.site, self.rows, self.idx = site, [], []
+
+    def wants(self, s):
+        return s == self.site
+
+    def update(self, state):
+        self.rows.append(state.rows.double().numpy())
+        s, p = state.batch.flat_index
+        self.idx.append(np.stack([s.numpy(), p.numpy()], 1))
+
+
+def _run(reducers, batches, model):
+    cap = Capture(model, adapters.for_config(model.config), reducers)
+    with cap:
+        for b in batches:
+            cap.run(b)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_llama(n_layer=2, hidden=32)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (8, 12), generator=gen)
+    mask = torch.ones(8, 12, dtype=torch.bool)
+    mask[3, 7:] = False
+    mask[6, 2:] = False
+    batches = [Batch(ids[i:i + 2], mask[i:i + 2], torch.arange(i, i + 2)) for i in range(0, 8, 2)]
+    return model, batches
+
+
+def _make(kind, sites):
+    return {
+        "norms": lambda: NormStats(sites, 12),
+        "mean": lambda: MeanState(sites, 32, keep=("site", "position"), seq_len=12),
+        "mean_sample": lambda: MeanState(sites, 32, keep=("sample",), max_samples=8),
+        "cov": lambda: Covariance(sites, 32),
+        "cov_unit": lambda: Covariance(sites, 32, unit=True, min_position=1),
+        "res": lambda: Reservoir(sites, 32, k=40, seed=5),
+        "sample_norms": lambda: SampleNorms(sites, 8, 12),
+    }[kind]()
+
+
+KINDS = ["norms", "mean", "mean_sample", "cov", "cov_unit", "res", "sample_norms"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_of_two_shards_equals_one_pass(setup, kind):
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    whole, a, b = _make(kind, sites), _make(kind, sites), _make(kind, sites)
+    _run([whole], batches, model)
+    _run([a], batches[:1], model)
+    _run([b], batches[1:], model)
+    a.merge(b)
+    wa, ma = whole.arrays(), a.arrays()
+    for key in wa:
+        np.testing.assert_allclose(ma[key], wa[key], rtol=1e-10, atol=1e-9, err_msg=key)
+
+
+def test_statistics_match_numpy_on_materialized_states(setup):
+    model, batches = setup
+    site = next(s for s in all_sites(2) if s.point == "resid_attn" and s.block == 1)
+    keep = Keep(site)
+    ns, cov, cu = NormStats([site], 12), Covariance([site], 32), Covariance([site], 32, unit=True)
+    ms = MeanState([site], 32, keep=("position",), seq_len=12)
+    _run([keep, ns, cov, cu, ms], batches, model)
+    x = np.concatenate(keep.rows)
+    idx = np.concatenate(keep.idx)
+    norms = np.linalg.norm(x, axis=1)
+    assert ns.state["n"][0] == len(x) == 8 * 12 - 5 - 10
+    np.testing.assert_allclose(ns.state["mean"][0], norms.mean(), rtol=1e-6)
+    np.testing.assert_allclose(ns.variance()[0], norms.var(ddof=1), rtol=1e-5)
+    for p in range(12):
+        np.testing.assert_allclose(ns.state["mean_pos"][0, p], norms[idx[:, 1] == p].mean(), rtol=1e-6)
+    assert ns.state["hist"].sum() == len(x)
+    np.testing.assert_allclose(cov.covariance(), np.cov(x.T), rtol=1e-4, atol=1e-6)
+    u = x / norms[:, None]
+    np.testing.assert_allclose(cu.covariance(), np.cov(u.T), rtol=1e-4, atol=1e-6)
+    means, counts = ms.means()
+    for p in range(12):
+        np.testing.assert_allclose(means[0, 0, p], x[idx[:, 1] == p].mean(0), rtol=1e-6)
+        assert counts[0, 0, p] == (idx[:, 1] == p).sum()
+
+
+def test_chan_merge_keeps_precision_with_large_offset():
+    rng = np.random.default_rng(0)
+    x = 1e6 + rng.normal(size=(20000, 3))
+    parts = np.array_split(x, 7)
+    n, mean, m2 = np.zeros(()), np.zeros(3), np.zeros((3, 3))
+    for p in parts:
+        c = p - p.mean(0)
+        n, mean, m2 = chan_merge(n, mean, m2, np.asarray(float(len(p))), p.mean(0), c.T @ c, outer=True)
+    np.testing.assert_allclose(m2 / (n - 1), np.cov(x.T), rtol=1e-8)
+
+
+def test_reservoir_is_batching_invariant_and_serializable(setup):
+    model, batches = setup
+    sites = all_sites(2)
+    one, other = Reservoir(sites, 32, k=50, seed=9), Reservoir(sites, 32, k=50, seed=9)
+    _run([one], batches, model)
+    merged = [Batch(torch.cat([b.input_ids for b in batches]), torch.cat([b.mask for b in batches]),
+                    torch.arange(8))]
+    _run([other], merged, model)
+    a, b = one.arrays(), other.arrays()
+    np.testing.assert_array_equal(a["key"], b["key"])
+    np.testing.assert_allclose(a["vectors"], b["vectors"], rtol=1e-5, atol=1e-5)
+    assert len(a["key"]) == 50 and len(set(a["depth"])) > 3
+    clone = Reservoir(sites, 32, k=50, seed=9)
+    clone.load(a)
+    np.testing.assert_array_equal(clone.arrays()["key"], a["key"])
+
+
+def test_pca_from_streaming_covariance_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 20)) @ rng.normal(size=(20, 20)) + 50.0
+    cov = Covariance([all_sites(1)[0]], 20)
+    cov.state["n"], cov.state["mean"] = np.asarray(0.0), np.zeros(20)
+    for part in np.array_split(x, 5):
+        c = part - part.mean(0)
+        cov.state["n"], cov.state["mean"], cov.state["m2"] = chan_merge(
+            cov.state["n"], cov.state["mean"], cov.state["m2"], np.asarray(float(len(part))),
+            part.mean(0), c.T @ c, outer=True)
+    ours = pca.from_covariance(cov.state["mean"], cov.covariance(), 5)
+    ref = PCA(5).fit(x)
+    np.testing.assert_allclose(ours.explained_variance_ratio, ref.explained_variance_ratio_, atol=1e-10)
+    np.testing.assert_allclose(ours.explained_variance, ref.explained_variance_, rtol=1e-8)
+    # same subspace: |cos| between matching components is 1
+    np.testing.assert_allclose(np.abs(np.sum(ours.components * ref.components_, axis=1)), 1, atol=1e-8)
