@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,8 +68,18 @@ def chart_files(name: str, chart: Any, provenance_line: str, usermeta: dict) -> 
     url = f"{name}.data.json"
     spec = _relink(spec, set(datasets), {"url": url})
     inline = _relink(json.loads(json.dumps(spec)), {url}, {"values": rows})
-    svg = vl_convert.vegalite_to_svg(inline, allowed_base_urls=[])
+    svg = stable_ids(vl_convert.vegalite_to_svg(inline, allowed_base_urls=[]), name)
     return {f"{name}.vl.json": dumps(spec), f"{name}.data.json": dumps(rows), f"{name}.svg": svg}
+
+
+def stable_ids(svg: str, prefix: str) -> str:
+    """vl-convert numbers gradients and clips with a process-wide counter: renumber per chart."""
+    seen: dict[str, str] = {}
+
+    def rename(m: re.Match) -> str:
+        return seen.setdefault(m.group(0), f"{prefix}-{m.group(1)}{len(seen)}")
+
+    return re.sub(r"\b(gradient|clip|pattern)_?(\d+)\b", rename, svg)
 
 
 def _relink(node: Any, names: set[str], data: dict) -> Any:

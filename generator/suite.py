@@ -82,8 +82,8 @@ class Suite:
     claims: Claims = field(default_factory=Claims)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per experiment: `enabled` plus its own parameters (checked by the experiment)."""
-    path: str = ""
-    digest: str = ""
+    path: str = field(default="", metadata={"internal": True})
+    digest: str = field(default="", metadata={"internal": True})
 
     def experiment_enabled(self, name: str) -> bool:
         return bool(self.experiments.get(name, {}).get("enabled", True))
@@ -128,7 +128,7 @@ def build(cls: type, data: Any, file: str, where: str) -> Any:
     """Make dataclass `cls` from a TOML table, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise SuiteError(f"{file}: {where or 'top level'}", "expected a table", "see suite.toml")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "digest")}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -40,7 +40,7 @@ def tiny_gpt2(n_layer: int = 2, n_embd: int = 32, seed: int = 0):
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=258, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4,
+    cfg = GPT2Config(vocab_size=261, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4,
                      bos_token_id=256, eos_token_id=257)
     return GPT2Model(cfg).eval()
 
@@ -49,7 +49,7 @@ def tiny_llama(n_layer: int = 2, hidden: int = 32, seed: int = 0):
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=258, hidden_size=hidden, intermediate_size=64,
+    cfg = LlamaConfig(vocab_size=261, hidden_size=hidden, intermediate_size=64,
                       num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=128, bos_token_id=256, eos_token_id=257)
     return LlamaModel(cfg).eval()
@@ -112,10 +112,22 @@ def write_tiny_gguf(path: Path, model) -> Path:
     return path
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
 def _byte_bpe_vocab(vocab_size: int) -> tuple[list[str], list[str]]:
     """GPT-2 style byte-level tokens: 256 byte symbols, a few merges, then BOS and EOS."""
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
     symbols = list(bytes_to_unicode().values())
     merges = [f"{a} {b}" for a, b in [("t", "h"), ("th", "e"), ("a", "n")]]
     extra = ["th", "the", "an"]

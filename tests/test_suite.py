@@ -1,0 +1,33 @@
+import pytest
+
+from generator.errors import SuiteError
+from generator.runner import experiment_params
+from generator.suite import load_suite
+
+
+def test_shipped_suite_loads_with_the_embedded_default_and_paper_models():
+    s = load_suite("suite.toml")
+    names = [m.name for m in s.models]
+    assert "smollm2-135m" in names and "gpt2" in names
+    assert set(experiment_params(s)) == {"norms", "attn_vs_mlp", "layerwise", "positions",
+                                         "pos_embed", "repeat", "vocab"}
+
+
+@pytest.mark.parametrize("body,where,what", [
+    ("seed = 1\ncolour = 2\n", "colour", "unknown key"),
+    ("seed = \"x\"\n", "seed", "expected int"),
+    ("[inputs]\nn_samples = 1.5\n", "inputs.n_samples", "expected int"),
+    ("[inputs]\nn_samples = 0\n", "inputs.n_samples", "at least 1"),
+    ("[[models]]\nname = \"a\"\n", "[[models]] a", "exactly one of"),
+    ("[[models]]\nname = \"a\"\nid = \"x\"\nrevison = \"main\"\n", "models[0].revison", "unknown key"),
+    ("[experiments.norms]\nmiddle_fraction = \"half\"\n", "experiments.norms.middle_fraction", "expected float"),
+    ("[experiments.nope]\nx = 1\n", "experiments.nope", "unknown experiment"),
+    ("seed = [\n", "", "not valid TOML"),
+])
+def test_bad_suites_name_file_key_and_type(tmp_path, body, where, what):
+    p = tmp_path / "s.toml"
+    p.write_text(body)
+    with pytest.raises(SuiteError) as err:
+        experiment_params(load_suite(p))
+    text = str(err.value)
+    assert str(p) in text and where in text and what in text and "fix:" in text
