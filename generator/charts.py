@@ -23,7 +23,8 @@ def scatter_by_block(df: pd.DataFrame, x: str, y: str, tooltip: list[str],
                      kind: str | None = None, size: int = 12) -> alt.TopLevelMixin:
     """Points shaded light to dark by block; with `kind`, one color family per kind."""
     base = alt.Chart(df).mark_circle(size=size, opacity=0.7).encode(
-        x=alt.X(x, title=x.upper()), y=alt.Y(y, title=y.upper()), tooltip=tooltip)
+        x=alt.X(x, title=x.split(":")[0].upper()), y=alt.Y(y, title=y.split(":")[0].upper()),
+        tooltip=tooltip)
     if kind is None:
         return base.encode(color=alt.Color("block:Q", scale=alt.Scale(scheme="viridis")))
     layers = [

@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--strict", action="store_true", help="exit non-zero if anything was skipped")
     run.add_argument("--no-progress", action="store_true")
+    site = sub.add_parser("site", help="run (cached), render docs/ and build site/")
+    site.add_argument("--suite", default="suite.toml")
+    site.add_argument("--out", default="build/artifacts")
+    site.add_argument("--docs", default="docs")
+    site.add_argument("--site", default="site")
+    site.add_argument("--device", choices=["auto", "cpu", "cuda"])
     render = sub.add_parser("render", help="render artifacts into docs/ (no torch needed)")
     render.add_argument("--artifacts", default="build/artifacts")
     render.add_argument("--docs", default="docs")
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "site":
+            return _site(args)
         if args.command == "render":
             from generator import render as rnd
 
@@ -54,3 +62,17 @@ def _run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     print("\n".join(summary.lines()))
     return 1 if args.strict and summary.skipped else 0
+
+
+def _site(args: argparse.Namespace) -> int:
+    import time
+
+    from generator import render as rnd
+
+    t0 = time.perf_counter()
+    args.models, args.strict, args.no_progress = None, False, False
+    _run(args)
+    rnd.render(Path(args.out), Path(args.docs))
+    rnd.build_site(site=Path(args.site).resolve())
+    print(f"site built in {args.site}/ ({time.perf_counter() - t0:.1f}s); preview: make serve")
+    return 0

@@ -28,6 +28,8 @@ from generator.suite import Suite, check_params
 
 log = logging.getLogger(__name__)
 
+ARTIFACT_FORMAT = 2  # bump when what an artifact folder holds changes: old entries rebuild
+
 
 @dataclass
 class Summary:
@@ -72,7 +74,7 @@ def experiment_params(suite: Suite) -> dict[str, Any]:
 def cache_key(suite: Suite, fp: dict[str, Any], name: str, params: Any) -> str:
     mod = experiments.registry()[name]
     modes = sorted({"text", "repeat", "singular"} & set(_modes_of(mod)))
-    blob = {"generator": __version__, "model": fp, "experiment": name,
+    blob = {"generator": __version__, "format": ARTIFACT_FORMAT, "model": fp, "experiment": name,
             "params": dataclasses.asdict(params), "seed": suite.seed,
             "capture": dataclasses.asdict(suite.capture),
             "inputs": {m: _inputs_key(suite, m) for m in modes}}
@@ -239,7 +241,8 @@ def _put(store: Store, model: str, exp: str, key: str, out: Output, ctx: Context
     for tname, rows in out.tables.items():
         files[f"{tname}.csv"] = artifacts.table_csv(rows)
     files["provenance.json"] = artifacts.dumps({**prov, "notes": out.notes,
-                                                "title": mod.TITLE, "charts": list(out.charts),
+                                                "title": mod.TITLE, "doc": (mod.__doc__ or "").strip(),
+                                                "charts": list(out.charts),
                                                 "tables": list(out.tables)})
     files["run.json"] = artifacts.dumps({"date": datetime.datetime.now(datetime.timezone.utc)
                                          .isoformat(timespec="seconds"), "wall_seconds": seconds})
