@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     site.add_argument("--docs", default="docs")
     site.add_argument("--site", default="site")
     site.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    bench = sub.add_parser("bench", help="measure capture overhead, memory, PCA and UMAP")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions, no RSS or suite runs")
     render = sub.add_parser("render", help="render artifacts into docs/ (no torch needed)")
     render.add_argument("--artifacts", default="build/artifacts")
     render.add_argument("--docs", default="docs")
@@ -37,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "site":
             return _site(args)
+        if args.command == "bench":
+            from generator import bench as bn
+
+            bn.main(args.quick)
+            return 0
         if args.command == "render":
             from generator import render as rnd
 
