@@ -6,7 +6,7 @@ STAMP  := .venv/.setup-stamp
 TORCH  ?= torch==2.13.0
 SUITE  ?= suite.toml
 
-.PHONY: setup test test-fast lint site render serve bench clean
+.PHONY: setup test test-fast lint site render serve bench releases clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	.venv/bin/ruff check generator tests
+	.venv/bin/actionlint .github/workflows/*.yml
 
 # Runs the suite (cached artifacts reused), renders docs/ and builds site/, each swapped in whole.
 site: $(STAMP)
@@ -36,6 +37,10 @@ render: $(STAMP)
 
 serve: site
 	.venv/bin/mkdocs serve -a 127.0.0.1:8000
+
+# Asks the hub for each hub model's current revision and records it in models.lock.json.
+releases: $(STAMP)
+	$(PY) -m generator releases --suite $(SUITE) --update
 
 bench: $(STAMP)
 	$(PY) -m generator bench

@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 
 KIND_SCHEMES = {"attn": "blues", "mlp": "oranges"}
+# Row caps are ours (`capture.max_chart_points`, said in each subtitle), and data is written to a
+# file beside the spec, so Altair's inline-data guard does not apply.
+alt.data_transformers.disable_max_rows()
 
 
 def titled(chart: alt.TopLevelMixin, title: str, lines: list[str]) -> alt.TopLevelMixin:
@@ -71,3 +74,10 @@ def bars(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str) -> alt.Ch
 def sample_rows(n: int, cap: int) -> np.ndarray:
     """The first `cap` rows: reservoir rows are already in random (hash) order."""
     return np.arange(min(n, cap))
+
+
+def spread_rows(n: int, cap: int, seed: int) -> np.ndarray:
+    """`cap` of `n` ordered rows (mean states by site and position), drawn evenly and seeded, in order."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))

@@ -21,14 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--strict", action="store_true", help="exit non-zero if anything was skipped")
     run.add_argument("--no-progress", action="store_true")
+    _execution_args(run)
     site = sub.add_parser("site", help="run (cached), render docs/ and build site/")
     site.add_argument("--suite", default="suite.toml")
     site.add_argument("--out", default="build/artifacts")
     site.add_argument("--docs", default="docs")
     site.add_argument("--site", default="site")
     site.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _execution_args(site)
     bench = sub.add_parser("bench", help="measure capture overhead, memory, PCA and UMAP")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions, no RSS or suite runs")
+    rel = sub.add_parser("releases", help="compare hub models' current revisions with the lock file")
+    rel.add_argument("--suite", default="suite.toml")
+    rel.add_argument("--lock", default="models.lock.json")
+    rel.add_argument("--update", action="store_true", help="rewrite the lock with current revisions")
+    rel.add_argument("--endpoint", help="hub API endpoint (default: HF_ENDPOINT or huggingface.co)")
+    rel.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     render = sub.add_parser("render", help="render artifacts into docs/ (no torch needed)")
     render.add_argument("--artifacts", default="build/artifacts")
     render.add_argument("--docs", default="docs")
@@ -44,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
             bn.main(args.quick)
             return 0
+        if args.command == "releases":
+            from generator import releases
+            from generator.suite import load_suite
+
+            return releases.main(load_suite(args.suite), Path(args.lock), args.update,
+                                 args.endpoint, args.timeout)
         if args.command == "render":
             from generator import render as rnd
 
@@ -59,14 +73,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _execution_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype for every model (default: each model's `dtype`, float32)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: shards run on Ray actors (results identical to local)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--shards", type=int, default=2, metavar="N",
+                   help="Ray workers (one model copy each) running shards at once")
+
+
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from generator import runner
     from generator.suite import load_suite
 
+    if args.shards < 1:
+        raise AtlasError("--shards", f"must be at least 1, got {args.shards}", "pass --shards 2")
     suite = load_suite(args.suite)
+    execution = runner.Execution(args.executor, args.shards, args.address, args.dtype)
     summary = runner.run(suite, Path(args.out), args.models, args.device,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, execution=execution)
     print("\n".join(summary.lines()))
     return 1 if args.strict and summary.skipped else 0
 

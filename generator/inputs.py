@@ -35,6 +35,8 @@ class TokenInputs:
     batch_size: int
     source: dict[str, Any] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    first: int = 0
+    """Global index of row 0: a shard shipped to a worker keeps its samples' identities."""
 
     @property
     def n_samples(self) -> int:
@@ -49,7 +51,12 @@ class TokenInputs:
         stop = self.n_samples if stop is None else stop
         for i in range(start, stop, self.batch_size):
             j = min(i + self.batch_size, stop)
-            yield Batch(self.ids[i:j], self.mask[i:j], torch.arange(i, j))
+            yield Batch(self.ids[i:j], self.mask[i:j], torch.arange(self.first + i, self.first + j))
+
+    def shards(self, batches_per_shard: int) -> list[tuple[int, int]]:
+        """Sample ranges of `batches_per_shard` batches: the fixed units whose states are merged."""
+        step = self.batch_size * batches_per_shard
+        return [(i, min(i + step, self.n_samples)) for i in range(0, self.n_samples, step)]
 
     def describe(self) -> dict[str, Any]:
         digest = hashlib.sha256(self.ids.numpy().tobytes() + self.mask.numpy().tobytes()).hexdigest()

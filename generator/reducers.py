@@ -8,7 +8,10 @@ written as `.npz` + JSON and merged on another machine. Moments use the pairwise
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +49,8 @@ class Reducer:
         self.sites = sorted(set(sites))
         self.index = {(s.point, s.block): i for i, s in enumerate(self.sites)}
         self.state: dict[str, np.ndarray] = {}
+        self.params: dict[str, Any] = {}
+        """Constructor arguments besides `sites`, JSON-able: `from_config` rebuilds an empty twin."""
 
     def wants(self, site: Site) -> bool:
         return (site.point, site.block) in self.index
@@ -57,7 +62,8 @@ class Reducer:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "sites": [[s.depth, s.point, s.block] for s in self.sites]}
+        return {"kind": self.kind, "sites": [[s.depth, s.point, s.block] for s in self.sites],
+                **self.params}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dict(self.state)
@@ -76,6 +82,7 @@ class NormStats(Reducer):
         super().__init__(sites)
         s, t = len(self.sites), seq_len
         self.seq_len = seq_len
+        self.params = {"seq_len": seq_len}
         self.state = {"n": np.zeros(s), "mean": np.zeros(s), "m2": np.zeros(s),
                       "hist": np.zeros((s, len(HIST_EDGES) - 1), np.int64),
                       "n_pos": np.zeros((s, t)), "mean_pos": np.zeros((s, t)),
@@ -130,6 +137,8 @@ class MeanState(Reducer):
                  seq_len: int = 1, max_samples: int = 1) -> None:
         super().__init__(sites)
         self.keep, self.seq_len = tuple(keep), seq_len
+        self.params = {"d_model": d_model, "keep": list(keep), "seq_len": seq_len,
+                       "max_samples": max_samples}
         self.dims = (len(self.sites) if "site" in keep else 1,
                      max_samples if "sample" in keep else 1,
                      seq_len if "position" in keep else 1)
@@ -195,16 +204,17 @@ class Covariance(Reducer):
     kind = "covariance"
 
     def __init__(self, sites: Iterable[Site], d_model: int, unit: bool = False, every: int = 1,
-                 min_position: int = 0, matmul_dtype: torch.dtype = torch.float32) -> None:
+                 min_position: int = 0, matmul_dtype: torch.dtype | str = torch.float32) -> None:
         super().__init__(sites)
+        if isinstance(matmul_dtype, str):
+            matmul_dtype = getattr(torch, matmul_dtype)
         self.unit, self.every, self.matmul_dtype = unit, every, matmul_dtype
         self.min_position = min_position
+        self.params = {"d_model": d_model, "unit": unit, "every": every,
+                       "min_position": min_position,
+                       "matmul_dtype": str(matmul_dtype).removeprefix("torch.")}
         self.state = {"n": np.zeros(()), "mean": np.zeros(d_model),
                       "m2": np.zeros((d_model, d_model))}
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "unit": self.unit, "every": self.every,
-                "min_position": self.min_position}
 
     def update(self, state: State) -> None:
         x = state.unit_rows if self.unit else state.rows
@@ -266,12 +276,10 @@ class Reservoir(Reducer):
     def __init__(self, sites: Iterable[Site], d_model: int, k: int, seed: int) -> None:
         super().__init__(sites)
         self.k, self.seed = k, seed
+        self.params = {"d_model": d_model, "k": k, "seed": seed}
         self.state = {"vectors": np.zeros((0, d_model), np.float32),
                       **{name: np.zeros(0, np.int64) for name in self.LABELS}}
         self._threshold = np.iinfo(np.int64).max
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "k": self.k, "seed": self.seed}
 
     def update(self, state: State) -> None:
         sample, pos = state.batch.flat_index
@@ -319,6 +327,7 @@ class SampleNorms(Reducer):
 
     def __init__(self, sites: Iterable[Site], n_samples: int, seq_len: int) -> None:
         super().__init__(sites)
+        self.params = {"n_samples": n_samples, "seq_len": seq_len}
         self.state = {"sum": np.zeros((n_samples, seq_len)), "count": np.zeros((n_samples, seq_len))}
 
     def update(self, state: State) -> None:
@@ -334,3 +343,51 @@ class SampleNorms(Reducer):
     def means(self) -> np.ndarray:
         c = self.state["count"]
         return np.divide(self.state["sum"], c, out=np.full_like(c, np.nan), where=c > 0)
+
+
+KINDS: dict[str, type[Reducer]] = {c.kind: c for c in (NormStats, MeanState, Covariance, Reservoir,
+                                                       SampleNorms)}
+
+
+def from_config(config: dict[str, Any]) -> Reducer:
+    """An empty reducer equal in kind, sites and parameters to the one that wrote `config`."""
+    params = dict(config)
+    cls = KINDS[params.pop("kind")]
+    sites = [Site(int(d), str(p), int(b)) for d, p, b in params.pop("sites")]
+    if "keep" in params:
+        params["keep"] = tuple(params["keep"])
+    return cls(sites, **params)
+
+
+def dump_states(reducers: list[Reducer]) -> bytes:
+    """Reducer states as one `.npz` (arrays) with their configs as JSON inside: no pickle."""
+    meta = json.dumps([r.config() for r in reducers], sort_keys=True).encode()
+    arrays = {f"r{i}.{k}": v for i, r in enumerate(reducers) for k, v in r.arrays().items()}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(meta, dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def load_states(blob: bytes) -> list[Reducer]:
+    """The reducers `dump_states` wrote, ready to `merge` (pickle is refused on load)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        reducers = [from_config(c) for c in meta]
+        for i, r in enumerate(reducers):
+            r.load({k.split(".", 1)[1]: z[k] for k in z.files if k.startswith(f"r{i}.")})
+    return reducers
+
+
+def save_states(path: Path, reducers: list[Reducer]) -> None:
+    """Write a shard's states to a file, to be merged later, possibly on another machine."""
+    from generator.artifacts import write_bytes_atomic
+
+    write_bytes_atomic(path, dump_states(reducers))
+
+
+def merge_states(into: list[Reducer], shard: list[Reducer]) -> None:
+    """Merge a shard's reducers into `into`, refusing states that were made for other reducers."""
+    if [r.config() for r in into] != [r.config() for r in shard]:
+        raise ValueError("shard states were made for different reducers (suite or model changed)")
+    for acc, part in zip(into, shard, strict=True):
+        acc.merge(part)

@@ -18,78 +18,14 @@ from typing import Any
 
 import jinja2
 
+from generator import history
 from generator.errors import AtlasError
+from generator.findings import HEADLINES, ORDER, claims_for, fmt, headline_values, load_build
 from generator.points import POINT_MEANING
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
-ORDER = ("norms", "attn_vs_mlp", "layerwise", "positions", "pos_embed", "repeat", "vocab")
 SCATTER_CANVAS = 5000  # svg up to ~5k points, canvas beyond (see NOTES.md timings)
-HEADLINES = (("norms", "pos0_norm_ratio", "position-0 norm ratio"),
-             ("attn_vs_mlp", "attn_mlp_separability", "attn/MLP separability"),
-             ("positions", "raw_evr_pc1", "position PC1 variance"),
-             ("positions", "raw_cycles_pc1", "position PC1 cycles"),
-             ("positions", "raw_periodicity", "position periodicity"),
-             ("pos_embed", "wpe_periodicity", "learned-position periodicity"))
-CLAIMS = (("norms", "pos0_norm_ratio", "pos0_norm_ratio_min",
-           "position 0 norm is at least {t}x the median position in middle blocks"),
-          ("attn_vs_mlp", "attn_mlp_separability", "attn_mlp_separability_min",
-           "attention and MLP outputs are linearly separable above {t} in middle blocks"),
-          ("pos_embed", "wpe_periodicity", "position_periodicity_min",
-           "learned position components are periodic (power share above {t})"),
-          ("positions", "raw_periodicity", "position_periodicity_min",
-           "residual position components are periodic (power share above {t})"))
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "—" if v is None else str(v)
-
-
-def _json(p: Path) -> Any:
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
-def load_build(artifacts: Path) -> dict[str, Any]:
-    summary_path = artifacts / "summary.json"
-    if not summary_path.is_file():
-        raise AtlasError(str(artifacts), "no summary.json: the suite has not been run here",
-                         "run `python -m generator run` (or `make site`) first")
-    summary = _json(summary_path)
-    manifest = _json(artifacts / "manifest.json") if (artifacts / "manifest.json").is_file() else {}
-    models = []
-    for name in summary["models"]:
-        status = _json(artifacts / name / "status.json") if (artifacts / name / "status.json").is_file() \
-            else {"status": "skipped", "reason": "no status recorded"}
-        prov = status.get("provenance", {})
-        ident = prov.get("revision") or prov.get("sha256") or "—"
-        exps = {}
-        for exp in ORDER:
-            folder = artifacts / name / exp
-            if f"{name}/{exp}" in manifest and (folder / "provenance.json").is_file():
-                exps[exp] = {"folder": folder, "prov": _json(folder / "provenance.json"),
-                             "metrics": _json(folder / "metrics.json"),
-                             "run": _json(folder / "run.json") if (folder / "run.json").is_file() else {}}
-        models.append({"name": name, "status": status["status"], "reason": status.get("reason", ""),
-                       "source": prov.get("id") or prov.get("source", "—"), "ident": ident,
-                       "experiments": exps})
-    return {"summary": summary, "models": models}
-
-
-def claims_for(model: dict, thresholds: dict[str, float]) -> list[dict[str, Any]]:
-    out = []
-    for exp, metric, key, text in CLAIMS:
-        e = model["experiments"].get(exp)
-        if not e or e["prov"].get("status") != "ok" or metric not in e["metrics"]:
-            continue
-        value, t = e["metrics"][metric]["value"], thresholds[key]
-        holds = value is not None and value >= t
-        out.append({"model": model["name"], "page": exp, "text": text.format(t=t),
-                    "value": fmt(value), "threshold": fmt(t), "exp": exp,
-                    "verdict": "holds" if holds else "does not hold",
-                    "css": "holds" if holds else "fails"})
-    return out
 
 
 def render(artifacts: Path, docs: Path) -> None:
@@ -111,11 +47,9 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
     all_claims = [c for m in models for c in claims_for(m, thresholds)]
     headline_rows = []
     for m in models:
-        cells = []
-        for exp, metric, _ in HEADLINES:
-            e = m["experiments"].get(exp)
-            cells.append(fmt(e["metrics"][metric]["value"]) if e and metric in e["metrics"] else "—")
-        headline_rows.append({"model": m["name"], "cells": cells})
+        values = headline_values(m)
+        headline_rows.append({"model": m["name"],
+                              "cells": [fmt(values.get(label)) for _, _, label in HEADLINES]})
     pages = {"index.md": env.get_template("index.md.j2").render(
         title=summary.get("title", "latent-atlas"), models=models, artifacts=str(artifacts),
         headlines=[{"page": e, "label": label} for e, _, label in HEADLINES],
@@ -134,6 +68,9 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
                                                       if c["model"] == m["name"] and c["exp"] == exp]))
         pages[f"{exp}.md"] = env.get_template("experiment.md.j2").render(
             title=title, doc=doc, sections=sections, artifacts=str(artifacts))
+    pages["changelog.md"] = env.get_template("changelog.md.j2").render(
+        artifacts=str(artifacts), history=history.read(artifacts),
+        changes=history.changes(history.read(artifacts)), fmt=fmt)
     pages["methods.md"] = env.get_template("methods.md.j2").render(points=list(POINT_MEANING.items()))
     from generator.adapters_list import SUPPORTED
 
@@ -155,7 +92,7 @@ def _section(m: dict, exp: str, e: dict, out: Path, claims: list[dict]) -> dict[
         shutil.copy2(f, dest / f.name)
     charts = []
     for c in prov["charts"]:
-        rows = len(_json(e["folder"] / f"{c}.data.json"))
+        rows = len(json.loads((e["folder"] / f"{c}.data.json").read_text(encoding="utf-8")))
         charts.append({"name": c, "spec": f"{rel}/{c}.vl.json", "svg": f"{rel}/{c}.svg",
                        "data": f"{rel}/{c}.data.json",
                        "renderer": "canvas" if rows > SCATTER_CANVAS else "svg"})

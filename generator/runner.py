@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -17,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from generator import __version__, adapters, artifacts, experiments, inputs, models
-from generator.capture import Capture
+from generator import __version__, adapters, artifacts, experiments, history, inputs, models
 from generator.errors import AtlasError
+from generator.executors import Local
 from generator.experiments import Context, Output
 from generator.reducers import Reducer
 from generator.suite import Suite, check_params
@@ -37,6 +37,7 @@ class Summary:
     cached: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     rebuilt: dict[str, str] = field(default_factory=dict)
+    retried: list[str] = field(default_factory=list)
     forwards: int = 0
     seconds: float = 0.0
 
@@ -46,6 +47,7 @@ class Summary:
         out += [f"  generated  {e}" for e in self.generated]
         out += [f"  rebuilt    {e}: {why}" for e, why in self.rebuilt.items()]
         out += [f"  skipped    {e}: {why}" for e, why in self.skipped.items()]
+        out += [f"  retried    {r}" for r in self.retried]
         return out
 
 
@@ -71,10 +73,21 @@ def experiment_params(suite: Suite) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """The generator's exact code: a changed experiment or chart must never reuse old artifacts."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(suite: Suite, fp: dict[str, Any], name: str, params: Any) -> str:
     mod = experiments.registry()[name]
     modes = sorted({"text", "repeat", "singular"} & set(_modes_of(mod)))
-    blob = {"generator": __version__, "format": ARTIFACT_FORMAT, "model": fp, "experiment": name,
+    blob = {"generator": __version__, "code": code_digest(), "format": ARTIFACT_FORMAT,
+            "model": fp, "experiment": name,
             "params": dataclasses.asdict(params), "seed": suite.seed,
             "capture": dataclasses.asdict(suite.capture),
             "inputs": {m: _inputs_key(suite, m) for m in modes}}
@@ -94,8 +107,19 @@ def _inputs_key(suite: Suite, mode: str) -> Any:
     return {k: v for k, v in dataclasses.asdict(i).items() if k not in ("repeat", "singular")}
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How capture runs: `local` (this process) or `ray` (`workers` actors, cluster at `address`)."""
+
+    executor: str = "local"
+    workers: int = 2
+    address: str | None = None
+    dtype: str | None = None
+    """Overrides every model's `dtype` (float32, bfloat16, float16)."""
+
+
 def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | None = None,
-        progress: bool = True) -> Summary:
+        progress: bool = True, execution: Execution = Execution()) -> Summary:
     start = time.perf_counter()
     params = experiment_params(suite)
     store = artifacts.Store(out)
@@ -108,9 +132,11 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
         missing = sorted(set(only) - {m.name for m in suite.models})
         raise SuiteError(f"--models {missing[0]}", "no such model in the suite",
                          f"choose from: {', '.join(m.name for m in suite.models)}")
+    if execution.dtype:
+        specs = [dataclasses.replace(m, dtype=execution.dtype) for m in specs]
     for spec in specs:
         try:
-            run_model(suite, spec, params, store, summary, device, progress)
+            run_model(suite, spec, params, store, summary, device, progress, execution)
         except AtlasError as exc:
             summary.skipped[spec.name] = str(exc).replace("\n  fix:", "; fix:")
             _write_status(store, spec.name, "skipped", str(exc))
@@ -119,6 +145,7 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
         {"generated": summary.generated, "cached": summary.cached, "skipped": summary.skipped,
          "models": [m.name for m in specs], "suite": suite.path, "suite_sha256": suite.digest,
          "title": suite.title, "claims": dataclasses.asdict(suite.claims)}))
+    history.update(out)
     return summary
 
 
@@ -132,7 +159,8 @@ Store = artifacts.Store
 
 
 def run_model(suite: Suite, spec: models.ModelSpec, params: dict[str, Any], store: Store,
-              summary: Summary, device: str | None, progress: bool) -> None:
+              summary: Summary, device: str | None, progress: bool,
+              execution: Execution = Execution()) -> None:
     fp = models.fingerprint(spec)
     keys = {name: cache_key(suite, fp, name, p) for name, p in params.items()}
     todo = []
@@ -152,8 +180,20 @@ def run_model(suite: Suite, spec: models.ModelSpec, params: dict[str, Any], stor
     torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = models.load(spec, dev)
     _write_status(store, spec.name, "ok", provenance={**loaded.provenance, "versions": versions()})
-    summary.forwards += run_loaded(suite, loaded, {n: params[n] for n in todo}, keys, store,
-                                   summary, progress, load_seconds=time.perf_counter() - t0)
+    executor = None
+    if execution.executor == "ray":
+        from generator.executors import RayExecutor
+
+        executor = RayExecutor(spec, dev, execution.workers, suite.capture.shard_batches,
+                               execution.address, progress=progress)
+    try:
+        summary.forwards += run_loaded(suite, loaded, {n: params[n] for n in todo}, keys, store,
+                                       summary, progress, load_seconds=time.perf_counter() - t0,
+                                       executor=executor)
+    finally:
+        if executor is not None:
+            summary.retried += executor.retried
+            executor.close()
 
 
 def pick_device(name: str) -> str:
@@ -166,16 +206,18 @@ def pick_device(name: str) -> str:
 
 def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
                keys: dict[str, str], store: Store, summary: Summary, progress: bool = True,
-               load_seconds: float = 0.0) -> int:
+               load_seconds: float = 0.0, executor: Any = None) -> int:
     """Capture and build the given experiments for an already-loaded model; returns forwards."""
     model, name = loaded.model, loaded.spec.name
     adapter = adapters.for_config(model.config, name)
+    device = next(model.parameters()).device
+    if executor is None:
+        executor = Local(model, adapter, device, suite.capture.shard_batches, progress)
     registry = experiments.registry()
     modes_needed = {m for e in params for m in _modes_of(registry[e])}
     max_len = getattr(model.config, "max_position_embeddings", None) or getattr(
         model.config, "n_positions", None)
     vocab = int(model.get_input_embeddings().weight.shape[0])
-    device = next(model.parameters()).device
     token_inputs = {m: inputs.build_inputs(m, loaded.tokenizer, suite.inputs, suite.seed, max_len,
                                            vocab) for m in sorted(modes_needed)}
     ctx = Context(model_name=name, n_blocks=adapter.n_blocks(model),
@@ -199,28 +241,23 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
     for mode in sorted({m for need in wanted.values() for m in need}):
         sinks = [r for need in wanted.values() for r in need.get(mode, {}).values()]
         t0 = time.perf_counter()
-        forwards += capture_pass(model, adapter, token_inputs[mode], sinks, device,
-                                 f"{name} {mode}", progress)
+        forwards += executor.capture(token_inputs[mode], sinks, f"{name} {mode}")
         timings[mode] = time.perf_counter() - t0
     for e, need in wanted.items():
         t0 = time.perf_counter()
-        out = registry[e].build(ctx, params[e], need)
-        seconds = time.perf_counter() - t0 + sum(timings.get(m, 0) for m in need) + load_seconds
-        _put(store, name, e, keys[e], out, ctx, params[e], token_inputs, seconds)
+        try:
+            out = registry[e].build(ctx, params[e], need)
+            seconds = time.perf_counter() - t0 + sum(timings.get(m, 0) for m in need) + load_seconds
+            _put(store, name, e, keys[e], out, ctx, params[e], token_inputs, seconds)
+        except AtlasError:
+            raise
+        except Exception as exc:  # a bug in one experiment must not cost the rest of the report
+            log.error("%s/%s failed; the other experiments go on", name, e, exc_info=True)
+            summary.skipped[f"{name}/{e}"] = (f"failed with {type(exc).__name__}: {exc}"[:500]
+                                              + " (a bug: please report it with the log above)")
+            continue
         summary.generated.append(f"{name}/{e}")
     return forwards
-
-
-def capture_pass(model: Any, adapter: Any, token_inputs: inputs.TokenInputs,
-                 sinks: list[Reducer], device: Any, label: str, progress: bool = True,
-                 start: int = 0, stop: int | None = None) -> int:
-    batches = list(token_inputs.batches(start, stop))
-    n = 0
-    with Capture(model, adapter, sinks) as cap:
-        for b in tqdm(batches, desc=label, unit="batch", disable=not progress, leave=False):
-            cap.run(type(b)(b.input_ids.to(device), b.mask.to(device), b.sample_ids.to(device)))
-            n += 1
-    return n
 
 
 def _put(store: Store, model: str, exp: str, key: str, out: Output, ctx: Context, params: Any,

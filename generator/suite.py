@@ -61,6 +61,9 @@ class CaptureOptions:
     """Reservoir sample size per capture site, for scatters, UMAP and separability."""
     max_chart_points: int = 4000
     """Cap on points drawn in one scatter; the subtitle says how many of how many."""
+    shard_batches: int = 4
+    """Batches per shard: each shard is reduced on its own and shards are merged in order, so a
+    run gives the same numbers on one process or on many Ray workers."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def _check(suite: Suite, file: str) -> None:
     i = suite.inputs
     for key, v in (("inputs.n_samples", i.n_samples), ("inputs.seq_len", i.seq_len),
                    ("inputs.batch_size", i.batch_size), ("capture.cov_every", suite.capture.cov_every),
+                   ("capture.shard_batches", suite.capture.shard_batches),
                    ("inputs.repeat.seq_len", i.repeat.seq_len)):
         if v < 1:
             raise SuiteError(f"{file}: {key}", f"must be at least 1, got {v}", "use a positive integer")

@@ -159,7 +159,7 @@ def write_suite(path: Path, models: list[dict], extra: str = "") -> Path:
     lines = ['seed = 7', '[inputs]', 'n_samples = 6', 'seq_len = 24', 'batch_size = 4',
              '[inputs.repeat]', 'tokens = ["a", "b"]', 'seq_len = 12',
              '[inputs.singular]', 'max_tokens = 64', 'batch_size = 32',
-             '[capture]', 'points_per_site = 30', 'max_chart_points = 500',
+             '[capture]', 'points_per_site = 30', 'max_chart_points = 100',
              '[experiments.attn_vs_mlp]', 'umap_points = 200', 'umap_neighbors = 8']
     for m in models:
         lines.append("[[models]]")

@@ -15,7 +15,7 @@ ALL = {"norms", "attn_vs_mlp", "layerwise", "positions", "pos_embed", "repeat", 
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in ("run.json", "summary.json")}
+            if p.is_file() and p.name not in ("run.json", "summary.json", "history.json")}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,9 @@ def test_every_experiment_writes_artifacts_on_both_architectures(built):
         assert prov["charts"], exp
         for c in prov["charts"]:
             assert (folder / f"{c}.svg").read_text().lstrip().startswith("<svg"), c
+            if '"circle"' in (folder / f"{c}.vl.json").read_text():  # scatters respect the cap
+                rows = json.loads((folder / f"{c}.data.json").read_text())
+                assert len(rows) <= 100, (exp, c, len(rows))
 
 
 def test_chart_specs_are_valid_vega_lite_and_carry_provenance(built):
@@ -120,3 +123,17 @@ def test_cli_errors_print_without_traceback_and_strict_fails_on_skips(built, tmp
     r = subprocess.run([sys.executable, "-m", "generator", "run", "--suite", str(suite), "--out",
                         str(root / "a"), "--strict", "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 1 and "skipped    offline" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_a_failing_experiment_is_skipped_with_its_reason_and_the_rest_is_built(built, tmp_path, monkeypatch):
+    from generator.experiments import vocab
+
+    def broken(*_args):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(vocab, "build", broken)
+    s = runner.run(load_suite(built[1]), tmp_path / "f", only=["tiny-gpt2"], progress=False)
+    assert "boom" in s.skipped["tiny-gpt2/vocab"] and "please report" in s.skipped["tiny-gpt2/vocab"]
+    assert len(s.generated) == len(ALL) - 1
+    again = runner.run(load_suite(built[1]), tmp_path / "f", only=["tiny-gpt2"], progress=False)
+    assert "tiny-gpt2/vocab" in again.skipped  # never cached: retried on the next run

@@ -130,11 +130,13 @@ def build(ctx: Context, p: Params, stats: Needs) -> Output:
     xy = fit.transform(m[ok])
     df = pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1], "kind": site_kind[ok],
                        "block": site_block[ok], "position": site_pos[ok]})
+    shown_mean = charts.spread_rows(len(df), ctx.capture.max_chart_points, ctx.seed)
     out.charts["pca_mean_over_samples"] = charts.titled(
-        charts.scatter_by_block(df, "pc1:Q", "pc2:Q", ["kind", "block", "position"],
-                                kind="kind").properties(width=420, height=420),
+        charts.scatter_by_block(df.iloc[shown_mean], "pc1:Q", "pc2:Q",
+                                ["kind", "block", "position"], kind="kind").properties(
+            width=420, height=420),
         "PCA of outputs averaged over samples (one point per block, kind and position)",
-        [f"{len(df):,} points"])
+        [charts.shown_line(len(shown_mean), len(df)) + "; PCA fitted on all of them"])
 
     ux = pca.unit(xm[: p.umap_points])
     emb, trust = _umap(ux, p, ctx.seed)

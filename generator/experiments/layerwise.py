@@ -88,9 +88,11 @@ def build(ctx: Context, p: Params, stats: Needs) -> Output:
                             "point": np.array([s.point for s in ms.sites])[grid[0][ok]],
                             "block": np.array([s.block for s in ms.sites])[grid[0][ok]],
                             axis: grid[1][ok] + (int(p.skip_first) if axis == "position" else 0)})
+        shown = charts.spread_rows(len(sdf), ctx.capture.max_chart_points, ctx.seed)
         out.charts[f"pca_{key}"] = charts.titled(
-            charts.scatter_by_block(sdf, "pc1:Q", "pc2:Q", ["point", "block", axis])
-            .properties(width=440, height=440), f"Residual states {label}", [f"{len(sdf):,} points"])
+            charts.scatter_by_block(sdf.iloc[shown], "pc1:Q", "pc2:Q", ["point", "block", axis])
+            .properties(width=440, height=440), f"Residual states {label}",
+            [charts.shown_line(len(shown), len(sdf))])
 
     ms = r["by_position"]  # type: ignore[assignment]
     st = ms.arrays()

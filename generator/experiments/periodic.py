@@ -24,8 +24,11 @@ def dominant_frequency(curve: np.ndarray) -> tuple[float, float]:
 
 
 def analyse(vectors: np.ndarray, positions: np.ndarray, k: int, label: str, out: Output,
-            prefix: str, subtitle: list[str]) -> None:
-    """Fit PCA, chart component pairs and curves, record EVR and frequency per component."""
+            prefix: str, subtitle: list[str], cap: int, seed: int) -> None:
+    """Fit PCA, chart component pairs and curves, record EVR and frequency per component.
+
+    PCA and frequencies use every position; the pair scatter draws at most `cap` of them.
+    """
     k = min(k, vectors.shape[0] - 1, vectors.shape[1])
     fit = pca.fit(vectors, k)
     xy = fit.transform(vectors)
@@ -48,9 +51,11 @@ def analyse(vectors: np.ndarray, positions: np.ndarray, k: int, label: str, out:
         "mean share of spectral power at the dominant frequency, first 4 components "
         "(1 = pure sinusoid, near 0 = no periodic structure)")
     out.tables[f"{prefix}_components"] = rows
+    shown = charts.spread_rows(len(df), cap, seed)
     out.charts[f"{prefix}_pairs"] = charts.titled(
-        charts.component_pairs(df, k - k % 2), f"{label}: component pairs colored by position",
-        subtitle)
+        charts.component_pairs(df.iloc[shown], k - k % 2),
+        f"{label}: component pairs colored by position",
+        [*subtitle, charts.shown_line(len(shown), len(df))])
     curves = df.melt(id_vars=["position"], var_name="component", value_name="value")
     out.charts[f"{prefix}_curves"] = charts.titled(
         charts.line(curves, "position:Q", "value:Q", color="component",

@@ -41,5 +41,6 @@ def build(ctx: Context, p: Params, stats: Needs) -> Output:
         table = table[: p.max_positions]
     out = Output()
     periodic.analyse(table, np.arange(len(table)), p.components, "Position embedding table",
-                     out, "wpe", [f"{len(table)} positions x {table.shape[1]} dimensions"])
+                     out, "wpe", [f"{len(table)} positions x {table.shape[1]} dimensions"],
+                     ctx.capture.max_chart_points, ctx.seed)
     return out

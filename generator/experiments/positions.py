@@ -58,7 +58,8 @@ def build(ctx: Context, p: Params, stats: Needs) -> Output:
     sub = [f"mean of {p.point} over samples and blocks {blocks[0]}-{blocks[-1]}, "
            f"positions {positions[0]}-{positions[-1]}"]
     periodic.analyse(m[ok], positions, p.components, "Mean residual per position", out,
-                     "raw", sub)
+                     "raw", sub, ctx.capture.max_chart_points, ctx.seed)
     periodic.analyse(m[ok] / np.linalg.norm(m[ok], axis=1, keepdims=True), positions,
-                     p.components, "Unit mean residual per position", out, "unit", sub)
+                     p.components, "Unit mean residual per position", out, "unit", sub,
+                     ctx.capture.max_chart_points, ctx.seed)
     return out
