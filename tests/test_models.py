@@ -70,3 +70,15 @@ def test_load_failures_name_model_cause_and_fix(case, tmp_path, tiny_folders):
     text = str(err.value)
     assert text.startswith("m:") or "gpt-17" in text
     assert "fix:" in text
+
+
+def test_a_model_too_big_for_free_memory_is_refused_before_loading(tiny_folders, monkeypatch):
+    import generator.models as models
+
+    monkeypatch.setattr(models, "available_memory", lambda device: (10_000, "RAM"))
+    with pytest.raises(ModelLoadError) as err:
+        load(ModelSpec(name="big", path=str(tiny_folders["gpt2"])))
+    text = str(err.value)
+    assert text.startswith("big:") and "GB of RAM" in text and "bfloat16" in text and "fix:" in text
+    monkeypatch.undo()
+    assert load(ModelSpec(name="ok", path=str(tiny_folders["gpt2"]))).model is not None

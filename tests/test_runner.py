@@ -137,3 +137,20 @@ def test_a_failing_experiment_is_skipped_with_its_reason_and_the_rest_is_built(b
     assert len(s.generated) == len(ALL) - 1
     again = runner.run(load_suite(built[1]), tmp_path / "f", only=["tiny-gpt2"], progress=False)
     assert "tiny-gpt2/vocab" in again.skipped  # never cached: retried on the next run
+
+
+def test_claims_judge_gpt2_periodicity_but_call_it_not_applicable_on_rotary_models(built):
+    from generator.findings import claims_for, load_build
+
+    build = load_build(built[0] / "a")
+    thresholds = build["summary"]["claims"]
+    by_model = {m["name"]: {c["text"].split(" (")[0]: c for c in claims_for(m, thresholds)}
+                for m in build["models"]}
+    gpt2, llama = by_model["tiny-gpt2"], by_model["tiny-llama"]
+    assert gpt2["learned position components are periodic"]["verdict"] in ("holds", "does not hold")
+    na = llama["learned position components are periodic"]
+    assert na["verdict"] == "n/a" and "rotary" in na["why"]
+    assert llama["residual position components are periodic"]["verdict"] == "n/a"
+    assert llama["attention and MLP outputs are linearly separable above 0.9 in middle blocks"][
+        "verdict"] in ("holds", "does not hold")
+    assert "offline" not in by_model or not by_model["offline"]
