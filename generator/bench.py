@@ -20,25 +20,42 @@ import numpy as np
 import torch
 
 from generator import adapters, experiments
-from generator.capture import Batch, Capture
+from generator.capture import Batch
 from generator.experiments import Context
 from generator.suite import CaptureOptions
 
 
-def gpt2_small() -> Any:
+def gpt2_small(device: str = "cpu") -> Any:
+    """A GPT-2-small-shaped model with random weights: same cost as the real one."""
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    return GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)).eval()
+    return GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)).eval().to(device)
 
 
-def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 1) -> list:
+def smollm2_shaped(device: str = "cpu") -> Any:
+    """SmolLM2-135M's shape with random weights, for machines without the embedded package."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                      num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                      max_position_embeddings=8192, tie_word_embeddings=True)
+    return LlamaModel(cfg).eval().to(device)
+
+
+def note(text: str) -> None:
+    """Progress on stderr: the bench takes minutes and prints its table only at the end."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 8) -> list:
     """The text-mode reducers every default-suite experiment asks for."""
     adapter = adapters.for_config(model.config)
     ctx = Context("bench", adapter.n_blocks(model), int(model.config.hidden_size), 42,
                   {"text": seq_len, "repeat": 8, "singular": 1},
                   {"text": n_samples, "repeat": 1, "singular": 1}, None, model, adapter,
-                  CaptureOptions(cov_every=cov_every))
+                  CaptureOptions(cov_every=cov_every), valid_tokens={"text": n_samples * seq_len})
     out = []
     for mod in experiments.registry().values():
         p = mod.Params()
@@ -69,23 +86,40 @@ class SeedStyle:
         self.kept.clear()
 
 
-def paired_ratio(model: Any, ids: torch.Tensor, reducers_fn: Any, reps: int = 5) -> dict[str, float]:
+def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: Any,
+                 reps: int = 5) -> dict[str, float]:
+    """Forward-only vs capture through the runner's shard executor, on the same batches.
+
+    `ids` is one shard of input (at most `shard_batches` batches): capture includes everything a
+    run pays per shard (fresh reducers, device sums folded at the end). Medians of paired,
+    interleaved repetitions, so machine noise hits both sides alike.
+    """
+    from generator.executors import Local
+    from generator.inputs import TokenInputs
+
+    device = next(model.parameters()).device
+    ids = ids.to(device)
     mask = torch.ones_like(ids, dtype=torch.bool)
-    batch = Batch(ids, mask, torch.arange(ids.shape[0]))
+    inputs = TokenInputs("text", ids, mask, batch_size)
+    batches = list(inputs.batches())
     adapter = adapters.for_config(model.config)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def plain() -> None:
         with torch.inference_mode():
-            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
 
     def ours() -> None:
-        cap = Capture(model, adapter, reducers_fn())
-        with cap:
-            cap.run(batch)
+        reducers = reducers_fn()
+        Local(model, adapter, device, len(batches), progress=False).capture(inputs, reducers, "b")
+        for r in reducers:
+            r.arrays()
 
     def seed() -> None:
         with SeedStyle(model), torch.inference_mode():
-            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
 
     for f in (plain, ours, seed):
         f()  # warm-up
@@ -93,8 +127,10 @@ def paired_ratio(model: Any, ids: torch.Tensor, reducers_fn: Any, reps: int = 5)
     for _ in range(reps):
         t = {}
         for name, f in (("plain", plain), ("capture", ours), ("plain2", plain), ("seed", seed)):
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             t[name] = time.perf_counter() - t0
         ratios["capture"].append(t["plain"] / t["capture"])
         ratios["seed"].append(t["plain2"] / t["seed"])
@@ -128,6 +164,46 @@ def pca_vs_sklearn(n: int = 100_000, d: int = 768) -> dict[str, float]:
     return {"pca_vs_sklearn_time": t_ours / t_ref, "pca_max_evr_diff": float(diff)}
 
 
+def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
+    """What `cov_every` costs in accuracy, on real SmolLM2 states and the default suite's text.
+
+    PCA from the default sampled covariance (raw: norm-stratified, units: uniform) against the
+    exact one, for middle attn/MLP outputs (raw) and residuals (unit vectors); also the plain
+    uniform sample on raw outputs, to show why stratification is the default there.
+    """
+    from generator import pca
+    from generator.executors import Local
+    from generator.inputs import build_inputs
+    from generator.points import COMPONENT_POINTS, RESIDUAL_POINTS, all_sites, middle_blocks
+    from generator.reducers import Covariance
+    from generator.suite import Inputs
+
+    model, tok = loaded.model, loaded.tokenizer
+    adapter = adapters.for_config(model.config)
+    n, d = adapter.n_blocks(model), int(model.config.hidden_size)
+    inputs = build_inputs("text", tok, Inputs(), 42, None, int(model.config.vocab_size))
+    mids = middle_blocks(n)
+    raw = [s for s in all_sites(n) if s.point in COMPONENT_POINTS and s.block in mids]
+    resid = [s for s in all_sites(n) if s.point in RESIDUAL_POINTS]
+    keep = CaptureOptions().cov_keep_above
+    covs = {"attn_mlp_raw": (Covariance(raw, d, every=1, min_position=1),
+                             Covariance(raw, d, every=every, min_position=1, keep_above=keep)),
+            "attn_mlp_raw_uniform": (Covariance(raw, d, every=1, min_position=1),
+                                     Covariance(raw, d, every=every, min_position=1)),
+            "residual_unit": (Covariance(resid, d, unit=True, min_position=1),
+                              Covariance(resid, d, unit=True, every=every, min_position=1))}
+    Local(model, adapter, "cpu", 4, progress=False).capture(
+        inputs, [c for pair in covs.values() for c in pair], "pca")
+    res: dict[str, float] = {}
+    for g, pair in covs.items():
+        fits = [pca.from_covariance(c.state["mean"], c.covariance(), 2) for c in pair]
+        res[f"pca_every{every}_{g}_evr_diff"] = float(np.abs(
+            fits[0].explained_variance_ratio - fits[1].explained_variance_ratio).max())
+        cosines = np.linalg.svd(fits[0].components @ fits[1].components.T, compute_uv=False)
+        res[f"pca_every{every}_{g}_subspace_cos"] = float(cosines.min())
+    return res
+
+
 def umap_timing(n: int = 2000, d: int = 576) -> dict[str, float]:
     import umap
 
@@ -141,15 +217,23 @@ def umap_timing(n: int = 2000, d: int = 576) -> dict[str, float]:
 
 
 def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4) -> None:
-    """Run in a subprocess: capture n_samples x seq_len into the suite reducers, print peak RSS."""
+    """Run in a subprocess: the suite's reducers over n_samples x seq_len, print peak RSS.
+
+    Capture goes through the shard executor the runner uses (fresh state per shard, merged in
+    order), so the memory measured is the memory a real run needs.
+    """
+    from generator.executors import Local
+    from generator.inputs import TokenInputs
+
     torch.manual_seed(0)
     model = gpt2_small()
     reducers = suite_reducers(model, n_samples, seq_len)
-    cap = Capture(model, adapters.for_config(model.config), reducers)
-    with cap:
-        for i in range(0, n_samples, batch):
-            ids = torch.randint(0, 50257, (batch, seq_len))
-            cap.run(Batch(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(i, i + batch)))
+    ids = torch.randint(0, 50257, (n_samples, seq_len))
+    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), batch)
+    Local(model, adapters.for_config(model.config), "cpu", CaptureOptions().shard_batches,
+          progress=False).capture(inputs, reducers, "rss")
+    for r in reducers:
+        r.arrays()
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -175,34 +259,71 @@ def suite_timing() -> dict[str, float]:
     return res
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, int], vocab: int,
+           everies: tuple[int, ...], reps: int) -> None:
+    """Paired ratios for one shard of `shape` = (samples, tokens, batch size)."""
+    n, t, bs = shape
+    ids = torch.randint(0, vocab, (n, t))
+    for every in everies:
+        note(f"capture vs forward, {label}, cov_every {every}")
+        r = paired_ratio(model, ids, bs, lambda e=every: suite_reducers(model, n, t, e), reps=reps)
+        res[f"capture_vs_forward_{label}_cov_every_{every}"] = r["capture"]
+    res[f"seed_style_vs_forward_{label}"] = r["seed"]
+
+
+def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
+    if device == "cuda":
+        return main_cuda(quick)
     torch.set_num_threads(torch.get_num_threads())
     res: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                            f"torch {torch.__version__}"}
     model = gpt2_small()
-    for label, shape in (("gpt2s_8x128", (8, 128)), ("gpt2s_1x1024", (1, 1024))):
-        ids = torch.randint(0, 50257, shape)
-        for every in (1, 8):
-            r = paired_ratio(model, ids, lambda s=shape, e=every: suite_reducers(model, s[0], s[1], e),
-                             reps=3 if quick else 5)
-            res[f"capture_vs_forward_{label}_cov_every_{every}"] = r["capture"]
-        res[f"seed_style_vs_forward_{label}"] = r["seed"]
+    reps = 3
+    ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, (1, 8), reps)
+    ratios(res, model, "gpt2s_1x1024", (4, 1024, 1), 50257, (1, 8), reps)
     from generator.models import ModelSpec, load
 
-    smol = load(ModelSpec(name="smollm2-135m", embedded="smollm2-135m")).model
-    ids = torch.randint(0, 49152, (4, 512))
-    for every in (1, 8):
-        r = paired_ratio(smol, ids, lambda e=every: suite_reducers(smol, 4, 512, e), reps=3)
-        res[f"capture_vs_forward_smollm2_4x512_cov_every_{every}"] = r["capture"]
-    res["seed_style_vs_forward_smollm2_4x512"] = r["seed"]
+    note("loading SmolLM2")
+    loaded = load(ModelSpec(name="smollm2-135m", embedded="smollm2-135m"))
+    ratios(res, loaded.model, "smollm2_4x512", (4, 512, 4), 49152, (1, 8), reps)
+    note("PCA from 1 in 8 tokens vs all, on SmolLM2's states")
+    res.update(pca_sampled_vs_exact(loaded))
+    note("PCA from the streaming covariance vs scikit-learn, 100k x 768")
     res.update(pca_vs_sklearn())
+    note("UMAP")
     res.update(umap_timing())
     if not quick:
-        res["rss_mb_16"], res["rss_mb_128"] = rss(16), rss(128)
+        note("peak RSS, 16 x 1024 tokens (subprocess)")
+        res["rss_mb_16"] = rss(16)
+        note("peak RSS, 128 x 1024 tokens (subprocess, minutes)")
+        res["rss_mb_128"] = rss(128)
         res["rss_growth"] = res["rss_mb_128"] / res["rss_mb_16"] - 1
+        note("default suite on the embedded model, cold then warm")
         res.update(suite_timing())
-    Path("build").mkdir(exist_ok=True)
-    Path("build/bench.json").write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    return report(res, Path("build/bench.json"))
+
+
+def main_cuda(quick: bool) -> dict[str, Any]:
+    """The capture ratios on a CUDA device (reducers stay on the GPU), random-weight shapes."""
+    if not torch.cuda.is_available():
+        from generator.errors import AtlasError
+
+        raise AtlasError("bench --device cuda", "no CUDA device is available", "run it on a GPU machine")
+    res: dict[str, Any] = {"machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}"}
+    reps = 3 if quick else 7
+    gpt2 = gpt2_small("cuda")
+    for label, shape in (("gpt2s_8x128", (32, 128, 8)), ("gpt2s_1x1024", (4, 1024, 1)),
+                         ("gpt2s_16x1024", (64, 1024, 16))):
+        ratios(res, gpt2, label, shape, 50257, (1, 8), reps)
+    smol = smollm2_shaped("cuda")
+    for label, shape in (("smollm2shape_4x512", (16, 512, 4)), ("smollm2shape_32x512", (128, 512, 32))):
+        ratios(res, smol, label, shape, 49152, (1, 8), reps)
+    return report(res, Path("build/bench-cuda.json"))
+
+
+def report(res: dict[str, Any], path: Path) -> dict[str, Any]:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     width = max(map(len, res))
     for k, v in res.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
@@ -210,4 +331,4 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    main("--quick" in sys.argv, "cuda" if "--cuda" in sys.argv else "cpu")

@@ -39,10 +39,54 @@ class Batch:
     def flat_tokens(self) -> torch.Tensor:
         return self.input_ids[self.mask]
 
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """(B, T) position of every slot."""
+        b, t = self.mask.shape
+        return torch.arange(t, device=self.mask.device).expand(b, t)
+
+    @cached_property
+    def samples(self) -> torch.Tensor:
+        """(B, T) global sample id of every slot."""
+        return self.sample_ids.unsqueeze(1).expand(self.mask.shape)
+
+    @cached_property
+    def fmask(self) -> torch.Tensor:
+        """(B, T) mask as float32: multiplying by it zeroes padding in dense reductions."""
+        return self.mask.float()
+
+    def subsample(self, every: int, min_position: int) -> torch.Tensor:
+        """(B, T) mask of valid tokens from `min_position` on, in 1 of `every` hash buckets.
+
+        The same for every site of the batch, so it is computed once per batch.
+        """
+        key = (every, min_position)
+        if key not in self._subsamples:
+            from generator.reducers import token_hash
+
+            keep = self.mask & (self.positions >= min_position)
+            if every > 1:
+                keep &= token_hash(self.samples, self.positions, 0) % every == 0
+            self._subsamples[key] = keep
+        return self._subsamples[key]
+
+    @cached_property
+    def _subsamples(self) -> dict[tuple[int, int], torch.Tensor]:
+        return {}
+
+    @cached_property
+    def full(self) -> bool:
+        """No padding in this batch (packed text, repeats, single tokens): masks can be skipped."""
+        return bool(self.mask.all())
+
 
 @dataclass
 class State:
-    """One captured tensor (B, T, D) with views computed once and shared by all reducers."""
+    """One captured tensor (B, T, D) with views computed once and shared by all reducers.
+
+    Reducers work on the dense (B, T, ...) grid with the mask as weights where they can: no
+    copy of the valid rows is made unless one asks for `rows`.
+    """
 
     site: Site
     h: torch.Tensor
@@ -54,19 +98,35 @@ class State:
         return self.h[self.batch.mask]
 
     @cached_property
+    def norms2d(self) -> torch.Tensor:
+        """(B, T) L2 norm of every slot, zero at padding."""
+        n = torch.linalg.vector_norm(self.h, dim=-1, dtype=torch.float32)
+        return n if self.batch.full else n * self.batch.fmask
+
+    @cached_property
     def norms(self) -> torch.Tensor:
         """L2 norm of every valid token, (N,)."""
-        return torch.linalg.vector_norm(self.rows.float(), dim=-1)
+        return self.norms2d[self.batch.mask]
 
     @cached_property
     def unit_rows(self) -> torch.Tensor:
         return self.rows.float() / self.norms.clamp_min(1e-12).unsqueeze(-1)
+
+    def select(self, keep: torch.Tensor, unit: bool = False) -> torch.Tensor:
+        """Rows (float32) at the (B, T) slots where `keep` is True, optionally unit-normalized."""
+        x = self.h.reshape(-1, self.h.shape[-1]).float() if keep is self.batch.mask and \
+            self.batch.full else self.h[keep].float()
+        return x / self.norms2d[keep].clamp_min(1e-12).unsqueeze(-1) if unit else x
 
 
 class Sink(Protocol):
     def wants(self, site: Site) -> bool: ...
 
     def update(self, state: State) -> None: ...
+
+
+class _StopForward(Exception):
+    """Raised after the last block any sink wants: the rest of the forward would be wasted."""
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -88,6 +148,9 @@ class Capture:
         self.sites = all_sites(self.n_blocks)
         self._routes = {(s.point, s.block): (s, [k for k in self.sinks if k.wants(s)])
                         for s in self.sites}
+        wanted = [s.block for s in self.sites if self._routes[(s.point, s.block)][1]]
+        self.last_block = max(wanted, default=-1)
+        """Blocks after this one are not run (`norm_final` sits at block `n_blocks`)."""
         self._handles: list[Any] = []
         self._batch: Batch | None = None
         self._block: dict[str, torch.Tensor] = {}
@@ -123,6 +186,8 @@ class Capture:
                              ("mlp", got["mlp"]), ("resid_mlp", resid_mlp)):
                 self._emit(point, i, h)
             self._block = {}
+            if i >= self.last_block and i < self.n_blocks - 1:
+                raise _StopForward
         return hook
 
     def _final(self, _module: Any, _args: Any, output: Any) -> None:
@@ -161,9 +226,19 @@ class Capture:
     def run(self, batch: Batch) -> None:
         """One forward pass of the base model; the hooks do the rest."""
         self._batch = batch
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=batch.input_ids, attention_mask=batch.mask.long(),
+                           use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            self._batch = None
         with torch.inference_mode():
-            self.model(input_ids=batch.input_ids, attention_mask=batch.mask.long(), use_cache=False)
-        self._batch = None
+            for sink in self.sinks:
+                end = getattr(sink, "end_batch", None)
+                if end is not None:
+                    end()
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     _execution_args(site)
     bench = sub.add_parser("bench", help="measure capture overhead, memory, PCA and UMAP")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions, no RSS or suite runs")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="cuda: capture ratios on the GPU (random-weight model shapes)")
     rel = sub.add_parser("releases", help="compare hub models' current revisions with the lock file")
     rel.add_argument("--suite", default="suite.toml")
     rel.add_argument("--lock", default="models.lock.json")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from generator import bench as bn
 
-            bn.main(args.quick)
+            bn.main(args.quick, args.device)
             return 0
         if args.command == "releases":
             from generator import releases

@@ -14,7 +14,6 @@ shard that fails on every try fails its model, never silently drops data.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -65,13 +64,13 @@ class Local:
         self.retried: list[str] = []
 
     def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str) -> int:
-        blank = copy.deepcopy(reducers)
+        configs = [r.config() for r in reducers]
         total = _n_batches(inputs, 0, inputs.n_samples)
         n = 0
         with tqdm(total=total, desc=label, unit="batch", disable=not self.progress,
                   leave=False) as bar:
             for start, stop in inputs.shards(self.shard_batches):
-                part = copy.deepcopy(blank)
+                part = [from_config(c) for c in configs]  # fresh, lazily zeroed
                 n += capture_shard(self.model, self.adapter, inputs, part, self.device, start,
                                    stop, bar)
                 merge_states(reducers, part)

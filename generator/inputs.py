@@ -110,7 +110,9 @@ def text_inputs(tokenizer: Any, cfg: Inputs, max_len: int | None) -> TokenInputs
     if cfg.windows == "packed":
         need = cfg.n_samples * body
         stream: list[int] = []
-        for _, text in docs:
+        used = []
+        for doc_id, text in docs:
+            used.append(doc_id)
             stream += tokenizer.encode(text, add_special_tokens=False)
             if getattr(tokenizer, "eos_token_id", None) is not None:
                 stream.append(tokenizer.eos_token_id)
@@ -123,6 +125,7 @@ def text_inputs(tokenizer: Any, cfg: Inputs, max_len: int | None) -> TokenInputs
         ids = torch.tensor(stream[:need]).view(cfg.n_samples, body)
         mask = torch.ones_like(ids, dtype=torch.bool)
         source["windows"] = f"packed: {cfg.n_samples} consecutive windows"
+        source["documents"] = used
     else:
         rows, used = [], []
         for doc_id, text in docs:

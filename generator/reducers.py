@@ -4,6 +4,11 @@ Every reducer has `wants(site)`, `update(state)`, `merge(other)` (exact: shards 
 same numbers as one pass, up to float64 rounding) and `arrays()`/`load()` so a shard's state can be
 written as `.npz` + JSON and merged on another machine. Moments use the pairwise update of
 (n, mean, M2) in float64 (Chan et al.), never raw sums of x and x x^T.
+
+Hot path: updates run during the forward pass, so they use dense masked reductions on the
+(B, T, D) tensor and accumulate on the capture device (float64 torch tensors: on CUDA nothing
+leaves the GPU per batch). The numpy `state` is the canonical, serializable form; device sums
+are folded into it by `arrays()`, `merge()` and `load()`.
 """
 
 from __future__ import annotations
@@ -23,34 +28,42 @@ from generator.points import Site
 HIST_EDGES = np.linspace(-3.0, 6.0, 181)  # log10(norm) bins: 1e-3 .. 1e6, 0.05 decades each
 
 
-def chan_merge(n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray,
-               n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray,
-               outer: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Combine two (n, mean, M2) summaries; `outer` for a covariance M2 matrix."""
+def chan_merge(n_a: Any, mean_a: Any, m2_a: Any, n_b: Any, mean_b: Any, m2_b: Any,
+               outer: bool = False) -> tuple[Any, Any, Any]:
+    """Combine two (n, mean, M2) summaries (numpy or torch alike); `outer` for a covariance M2."""
+    is_torch = isinstance(n_a, torch.Tensor)
     n = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(n > 0, n_b / np.where(n > 0, n, 1), 0.0)
+    w = n_b / (n.clamp_min(1) if is_torch else np.maximum(n, 1))  # n is a count: 0 or >= 1
     delta = mean_b - mean_a
-    mean = mean_a + delta * (w[..., None] if np.ndim(mean_a) > np.ndim(n) else w)
+    mean = mean_a + delta * (w[..., None] if delta.ndim > w.ndim else w)
     f = n_a * w
     if outer:
-        m2 = m2_a + m2_b + np.outer(delta, delta) * f
+        m2 = m2_a + m2_b + (torch.outer if is_torch else np.outer)(delta, delta) * f
     else:
         m2 = m2_a + m2_b + delta * delta * f
     return n, mean, m2
 
 
 class Reducer:
-    """Base: a set of sites, numpy state in `self.state`, exact merge by field."""
+    """Base: a set of sites, numpy state in `self._state`, device sums in `self._dev` until folded."""
 
     kind: ClassVar[str] = "reducer"
 
     def __init__(self, sites: Iterable[Site]) -> None:
         self.sites = sorted(set(sites))
         self.index = {(s.point, s.block): i for i, s in enumerate(self.sites)}
-        self.state: dict[str, np.ndarray] = {}
+        self._state: dict[str, np.ndarray] = {}
         self.params: dict[str, Any] = {}
         """Constructor arguments besides `sites`, JSON-able: `from_config` rebuilds an empty twin."""
+        self._dev: dict[str, torch.Tensor] | None = None
+        self._pristine = True
+        """Nothing folded, merged or loaded yet: the numpy state is all zeros."""
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The canonical numpy state, with any device-side partial sums folded in first."""
+        self._fold()
+        return self._state
 
     def wants(self, site: Site) -> bool:
         return (site.point, site.block) in self.index
@@ -58,7 +71,16 @@ class Reducer:
     def update(self, state: State) -> None:
         raise NotImplementedError
 
-    def merge(self, other: Reducer) -> None:
+    def _fold(self) -> None:
+        """Merge the device-side partial state into `self._state` and drop it."""
+        self._dev = None
+
+    def merge(self, other: Reducer, consume: bool = False) -> None:
+        """Add `other`'s statistics; with `consume` its arrays may be taken over (no copy)."""
+        self._fold()
+        self._merge_arrays(other.arrays(), consume)
+
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -66,11 +88,37 @@ class Reducer:
                 **self.params}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(self.state)
+        self._fold()
+        return dict(self._state)
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
-        for k in self.state:
-            self.state[k] = np.asarray(arrays[k], dtype=self.state[k].dtype)
+        self._dev, self._pristine = None, False
+        for k in self._state:
+            self._state[k] = np.asarray(arrays[k], dtype=self._state[k].dtype)
+
+    def _zeros(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Device accumulators shaped like the numpy state (float64, int64 for counts of bins)."""
+        return {k: torch.zeros(v.shape, dtype=torch.int64 if v.dtype == np.int64 else torch.float64,
+                               device=like.device) for k, v in self._state.items()}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
+
+
+def _add_into(r: Reducer, b: dict[str, np.ndarray], adopt: bool) -> None:
+    """Sum-type state += b, in place (states can be hundreds of MB: no new arrays per merge).
+
+    A reducer that holds nothing yet takes `b` as its state, bitwise what adding it to zeros
+    gives: its own arrays when `adopt` (device sums it owns), a copy otherwise.
+    """
+    if r._pristine:
+        r._state = {k: (b[k] if adopt else np.array(b[k])).astype(v.dtype, copy=False)
+                    for k, v in r._state.items()}
+    else:
+        for k, v in r._state.items():
+            np.add(v, b[k], out=v)
+    r._pristine = False
 
 
 class NormStats(Reducer):
@@ -83,35 +131,46 @@ class NormStats(Reducer):
         s, t = len(self.sites), seq_len
         self.seq_len = seq_len
         self.params = {"seq_len": seq_len}
-        self.state = {"n": np.zeros(s), "mean": np.zeros(s), "m2": np.zeros(s),
+        self._state = {"n": np.zeros(s), "mean": np.zeros(s), "m2": np.zeros(s),
                       "hist": np.zeros((s, len(HIST_EDGES) - 1), np.int64),
                       "n_pos": np.zeros((s, t)), "mean_pos": np.zeros((s, t)),
                       "m2_pos": np.zeros((s, t))}
+        self._edges: torch.Tensor | None = None
 
     def update(self, state: State) -> None:
         i = self.index[(state.site.point, state.site.block)]
-        norms = state.norms.double()
-        _, pos = state.batch.flat_index
-        st = self.state
-        x = norms.cpu().numpy()
-        n_b = float(len(x))
-        mean_b = x.mean()
-        m2_b = float(((x - mean_b) ** 2).sum())
-        st["n"][i], st["mean"][i], st["m2"][i] = chan_merge(
-            st["n"][i], st["mean"][i], st["m2"][i], n_b, mean_b, m2_b)
-        logs = np.log10(np.maximum(x, 1e-30)).clip(HIST_EDGES[0], HIST_EDGES[-1] - 1e-9)
-        st["hist"][i] += np.histogram(logs, HIST_EDGES)[0]
-        t = self.seq_len
-        pos_np = pos.cpu().numpy()
-        n_p = np.bincount(pos_np, minlength=t).astype(float)
-        s_p = np.bincount(pos_np, weights=x, minlength=t)
-        mean_p = np.divide(s_p, n_p, out=np.zeros(t), where=n_p > 0)
-        m2_p = np.bincount(pos_np, weights=(x - mean_p[pos_np]) ** 2, minlength=t)
-        st["n_pos"][i], st["mean_pos"][i], st["m2_pos"][i] = chan_merge(
-            st["n_pos"][i], st["mean_pos"][i], st["m2_pos"][i], n_p, mean_p, m2_p)
+        x = state.norms2d.double()  # (B, T), 0 at padding
+        m = state.batch.mask
+        w = state.batch.fmask.double()
+        if self._dev is None:
+            self._dev = self._zeros(x)
+            self._edges = torch.as_tensor(HIST_EDGES[1:-1], device=x.device)
+        d, t = self._dev, x.shape[1]
+        n_p = w.sum(0)
+        mean_p = x.sum(0) / n_p.clamp_min(1)
+        dev_p, dev_b = x - mean_p, x - x.sum() / n_p.sum().clamp_min(1)
+        if not state.batch.full:
+            dev_p, dev_b = dev_p * w, dev_b * w
+        m2_p = (dev_p ** 2).sum(0)
+        n_b = n_p.sum()
+        mean_b = x.sum() / n_b.clamp_min(1)
+        m2_b = (dev_b ** 2).sum()
+        d["n"][i], d["mean"][i], d["m2"][i] = chan_merge(d["n"][i], d["mean"][i], d["m2"][i],
+                                                         n_b, mean_b, m2_b)
+        sl = slice(0, t)
+        d["n_pos"][i, sl], d["mean_pos"][i, sl], d["m2_pos"][i, sl] = chan_merge(
+            d["n_pos"][i, sl], d["mean_pos"][i, sl], d["m2_pos"][i, sl], n_p, mean_p, m2_p)
+        logs = torch.log10((x if state.batch.full else x[m]).clamp_min(1e-30)).reshape(-1)
+        bins = torch.bucketize(logs, self._edges, right=True)  # [e_i, e_i+1), ends clipped
+        d["hist"][i] += torch.bincount(bins, minlength=len(HIST_EDGES) - 1)
 
-    def merge(self, other: Reducer) -> None:
-        a, b = self.state, other.state
+    def _fold(self) -> None:
+        if self._dev is not None:
+            self._merge_arrays({k: _np(v) for k, v in self._dev.items()})
+            self._dev = None
+
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        a = self._state
         a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],
                                                 b["n"], b["mean"], b["m2"])
         a["n_pos"], a["mean_pos"], a["m2_pos"] = chan_merge(
@@ -119,8 +178,8 @@ class NormStats(Reducer):
         a["hist"] = a["hist"] + b["hist"]
 
     def variance(self) -> np.ndarray:
-        n = self.state["n"]
-        return np.divide(self.state["m2"], n - 1, out=np.zeros_like(n), where=n > 1)
+        n = self.arrays()["n"]
+        return np.divide(self._state["m2"], n - 1, out=np.zeros_like(n), where=n > 1)
 
 
 class MeanState(Reducer):
@@ -128,7 +187,8 @@ class MeanState(Reducer):
 
     `keep=("position",)` averages over samples and sites (one vector per position); `("site",
     "sample")` averages over positions. Samples beyond `max_samples` are ignored when `sample` is
-    kept, so memory stays fixed; the finalized `count` shows what entered.
+    kept, so memory stays fixed; the finalized `count` shows what entered. Each batch is reduced
+    densely in float32 (at most a batch or a sequence of rows per slot), then added in float64.
     """
 
     kind = "mean_state"
@@ -143,45 +203,42 @@ class MeanState(Reducer):
                      max_samples if "sample" in keep else 1,
                      seq_len if "position" in keep else 1)
         n_slots = int(np.prod(self.dims))
-        self.state = {"sum": np.zeros((n_slots, d_model)), "count": np.zeros(n_slots)}
-        self._acc: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._state = {"sum": np.zeros((n_slots, d_model)), "count": np.zeros(n_slots)}
 
     def update(self, state: State) -> None:
         n_site, n_sample, n_pos = self.dims
         site_i = self.index[(state.site.point, state.site.block)] if n_site > 1 else 0
-        sample, pos = state.batch.flat_index
-        rows = state.rows
-        sample = sample if n_sample > 1 else torch.zeros_like(sample)
-        pos = pos if n_pos > 1 else torch.zeros_like(pos)
-        keep = sample < n_sample
-        slot = (site_i * n_sample + sample[keep]) * n_pos + pos[keep]
-        acc = self._accumulators(rows.device)
-        acc[0].index_add_(0, slot, rows[keep].double())
-        acc[1].index_add_(0, slot, torch.ones_like(slot, dtype=torch.float64))
+        fm = state.batch.fmask
+        hm = state.h.float() if state.batch.full else state.h.float() * fm.unsqueeze(-1)
+        t = hm.shape[1]  # hm: (B, T, D), zero at padding
+        if self._dev is None:
+            self._dev = self._zeros(hm)
+        acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]
+        cnt = self._dev["count"].view(n_site, n_sample, n_pos)[site_i]
+        if n_sample > 1:
+            sel = state.batch.sample_ids < n_sample
+            rows, ids = hm[sel], state.batch.sample_ids[sel]
+            fm = fm[sel]
+            if n_pos > 1:
+                acc[ids, :t] += rows.double()
+                cnt[ids, :t] += fm.double()
+            else:
+                acc[ids, 0] += rows.sum(1).double()
+                cnt[ids, 0] += fm.sum(1).double()
+        elif n_pos > 1:  # float32 partial sums, added in float64 without a float64 copy
+            acc[0, :t].add_(hm[0] if len(hm) == 1 else hm.sum(0))
+            cnt[0, :t].add_(fm.sum(0))
+        else:
+            acc[0, 0].add_(hm.sum((0, 1)))
+            cnt[0, 0].add_(fm.sum())
 
-    def _accumulators(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sums stay on the capture device in float64; folded into numpy state on `arrays()`."""
-        if self._acc is None:
-            self._acc = (torch.zeros(self.state["sum"].shape, dtype=torch.float64, device=device),
-                         torch.zeros(self.state["count"].shape, dtype=torch.float64,
-                                     device=device))
-        return self._acc
+    def _fold(self) -> None:
+        if self._dev is not None:
+            dev, self._dev = self._dev, None
+            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
 
-    def _flush(self) -> None:
-        if self._acc is not None:
-            self.state["sum"] = self.state["sum"] + self._acc[0].cpu().numpy()
-            self.state["count"] = self.state["count"] + self._acc[1].cpu().numpy()
-            self._acc = None
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._flush()
-        return dict(self.state)
-
-    def merge(self, other: Reducer) -> None:
-        self._flush()
-        b = other.arrays()
-        self.state["sum"] = self.state["sum"] + b["sum"]
-        self.state["count"] = self.state["count"] + b["count"]
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        _add_into(self, b, adopt=consume)
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(means shaped dims + (D,), counts shaped dims); empty slots are NaN."""
@@ -197,51 +254,93 @@ class Covariance(Reducer):
 
     `unit=True` normalizes each token first. `every=k` keeps the tokens whose (sample, position)
     hash falls in 1/k of the space: a fixed, shard-invariant subsample that costs 1/k of the
-    matrix products. Each batch is centered on its own mean before its product (so float32 matmul
-    loses nothing to a large offset) and merged in float64.
+    matrix products. The rows a batch contributes from all sites are pooled (up to `POOL_BYTES`)
+    into one product centered on their own mean, so float32 matmul loses nothing to a large
+    offset, and merged in float64 on the capture device.
     """
 
     kind = "covariance"
+    POOL_BYTES = 64 << 20
+    """Rows pooled before one product: 64 MB of float32 (21k rows at width 768)."""
 
     def __init__(self, sites: Iterable[Site], d_model: int, unit: bool = False, every: int = 1,
-                 min_position: int = 0, matmul_dtype: torch.dtype | str = torch.float32) -> None:
+                 min_position: int = 0, matmul_dtype: torch.dtype | str = torch.float32,
+                 keep_above: float = 0.0) -> None:
         super().__init__(sites)
         if isinstance(matmul_dtype, str):
             matmul_dtype = getattr(torch, matmul_dtype)
         self.unit, self.every, self.matmul_dtype = unit, every, matmul_dtype
-        self.min_position = min_position
+        self.min_position, self.keep_above = min_position, keep_above
         self.params = {"d_model": d_model, "unit": unit, "every": every,
-                       "min_position": min_position,
+                       "min_position": min_position, "keep_above": keep_above,
                        "matmul_dtype": str(matmul_dtype).removeprefix("torch.")}
-        self.state = {"n": np.zeros(()), "mean": np.zeros(d_model),
+        self._state = {"n": np.zeros(()), "mean": np.zeros(d_model),
                       "m2": np.zeros((d_model, d_model))}
+        self._pool: list[torch.Tensor] = []
+        self._weights: list[torch.Tensor] = []
+        self._pooled = 0
 
     def update(self, state: State) -> None:
-        x = state.unit_rows if self.unit else state.rows
-        if self.every > 1 or self.min_position > 0:
-            sample, pos = state.batch.flat_index
-            keep = pos >= self.min_position
-            if self.every > 1:
-                keep &= token_hash(sample, pos, 0) % self.every == 0
-            x = x[keep]
+        b = state.batch
+        keep = b.mask
+        if self.min_position > 0 or self.every > 1:
+            keep = b.subsample(self.every, self.min_position)
+        weight = None
+        if self.every > 1 and self.keep_above > 0:
+            # Norm-stratified: tokens far above this site's median norm are always kept (weight 1),
+            # the rest are the hashed 1 in `every` (weight `every`): heavy tails stay exact.
+            valid = b.subsample(1, self.min_position)
+            norms = state.norms2d
+            heavy = valid & (norms >= self.keep_above * norms[valid].median())
+            keep = keep | heavy
+            weight = torch.where(heavy[keep], 1.0, float(self.every))
+        x = state.select(keep, unit=self.unit)
+        self._pool.append(x)
+        self._weights.append(weight if weight is not None else
+                             torch.full((len(x),), float(self.every), device=x.device))
+        self._pooled += len(x)
+        if self._pooled * x.shape[1] * 4 >= self.POOL_BYTES:
+            self.end_batch()
+
+    def end_batch(self) -> None:
+        """One product for the rows the batch gave from every site (called after the forward).
+
+        Rows carry weights (how many tokens each stands for), so n is a weighted count and the
+        statistics are the Horvitz-Thompson estimates; with `every=1` every weight is 1.
+        """
+        if not self._pool:
+            return
+        x = torch.cat(self._pool).to(self.matmul_dtype)
+        w = torch.cat(self._weights).to(torch.float64)
+        self._pool, self._weights, self._pooled = [], [], 0
         if len(x) == 0:
             return
-        x = x.to(self.matmul_dtype)
-        mean_b = x.double().mean(0)
+        n_b = w.sum()
+        mean_b = (w.unsqueeze(1) * x.double()).sum(0) / n_b
         c = x - mean_b.to(x.dtype)
-        m2_b = (c.T @ c).double().cpu().numpy()
-        st = self.state
-        st["n"], st["mean"], st["m2"] = chan_merge(
-            st["n"], st["mean"], st["m2"], np.asarray(float(len(x))), mean_b.cpu().numpy(), m2_b,
-            outer=True)
+        uniform = bool((w == w[0]).all())
+        m2_b = (c.T @ c).double() * w[0] if uniform else \
+            ((c * w.unsqueeze(1).to(c.dtype)).T @ c).double()
+        if self._dev is None:
+            self._dev = self._zeros(x)
+        d = self._dev
+        d["n"], d["mean"], d["m2"] = chan_merge(d["n"], d["mean"], d["m2"], n_b, mean_b, m2_b,
+                                                outer=True)
 
-    def merge(self, other: Reducer) -> None:
-        a, b = self.state, other.state
+    def _fold(self) -> None:
+        self.end_batch()
+        if self._dev is not None:
+            self._merge_arrays({k: _np(v) for k, v in self._dev.items()})
+            self._dev = None
+
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        a = self._state
         a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],
                                                 b["n"], b["mean"], b["m2"], outer=True)
 
     def covariance(self) -> np.ndarray:
-        return self.state["m2"] / max(float(self.state["n"]) - 1.0, 1.0)
+        st = self.arrays()
+        return st["m2"] / max(float(st["n"]) - 1.0, 1.0)
 
 
 def _s64(c: int) -> int:
@@ -268,56 +367,66 @@ class Reservoir(Reducer):
 
     Keys depend only on (seed, site, sample, position), so the sample is the same whatever the
     batching or sharding, and merging two reservoirs is exactly a reservoir of the union.
+    Candidates under the current threshold are buffered and pruned to `k` only when the buffer
+    passes `4 k`, so intake costs little once the threshold has settled. With `population` (the
+    number of (site, token) pairs the whole run will offer) the threshold starts at 8x the
+    expected k-th smallest key instead of the top: every shard skips most tokens from its first
+    batch, and the result is still exactly the k smallest keys unless a binomial with mean 8k
+    falls below k (it does not: that is over 40 standard deviations for k >= 100).
     """
 
     kind = "reservoir"
     LABELS = ("key", "depth", "block", "sample", "position", "token")
+    KEY_SPACE = 1 << 62
 
-    def __init__(self, sites: Iterable[Site], d_model: int, k: int, seed: int) -> None:
+    def __init__(self, sites: Iterable[Site], d_model: int, k: int, seed: int,
+                 population: int = 0) -> None:
         super().__init__(sites)
         self.k, self.seed = k, seed
-        self.params = {"d_model": d_model, "k": k, "seed": seed}
-        self.state = {"vectors": np.zeros((0, d_model), np.float32),
-                      **{name: np.zeros(0, np.int64) for name in self.LABELS}}
-        self._threshold = np.iinfo(np.int64).max
+        self.params = {"d_model": d_model, "k": k, "seed": seed, "population": population}
+        self._state = {"vectors": np.zeros((0, d_model), np.float32),
+                       **{name: np.zeros(0, np.int64) for name in self.LABELS}}
+        start = self.KEY_SPACE * min(1.0, 8 * k / population) if population else self.KEY_SPACE
+        self._threshold = int(start)
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_rows = 0
 
     def update(self, state: State) -> None:
-        sample, pos = state.batch.flat_index
-        keys = token_hash(sample, pos, self.seed * 100_003 + state.site.depth)
-        take = keys < self._threshold
-        if not bool(take.any()):
+        b = state.batch
+        keys = token_hash(b.samples, b.positions, self.seed * 100_003 + state.site.depth)
+        take = b.mask & (keys < self._threshold)
+        rows = state.h[take]
+        n = len(rows)
+        if n == 0:
             return
-        n = int(take.sum())
-        new = {"vectors": state.rows[take].float().cpu().numpy(),
-               "key": keys[take].cpu().numpy(), "depth": np.full(n, state.site.depth),
-               "block": np.full(n, state.site.block), "sample": sample[take].cpu().numpy(),
-               "position": pos[take].cpu().numpy(),
-               "token": state.batch.flat_tokens[take].cpu().numpy()}
-        self._absorb(new, prune_at=4 * self.k)
+        self._pending.append({
+            "vectors": _np(rows.float()), "key": _np(keys[take]),
+            "depth": np.full(n, state.site.depth), "block": np.full(n, state.site.block),
+            "sample": _np(b.samples[take]), "position": _np(b.positions[take]),
+            "token": _np(b.input_ids[take])})
+        self._pending_rows += n
+        if self._pending_rows > 4 * self.k:
+            self._fold()
 
-    def _absorb(self, new: dict[str, np.ndarray], prune_at: int) -> None:
-        st = {k: np.concatenate([self.state[k], new[k].astype(self.state[k].dtype)])
-              for k in self.state}
-        if len(st["key"]) > prune_at:
-            order = np.lexsort((st["depth"], st["key"]))[: self.k]
-            st = {k: v[order] for k, v in st.items()}
-            self._threshold = int(st["key"][-1]) if len(st["key"]) >= self.k else self._threshold
-        self.state = st
+    def _fold(self) -> None:
+        if self._pending:
+            self._absorb(self._pending)
+            self._pending, self._pending_rows = [], 0
 
-    def merge(self, other: Reducer) -> None:
-        self._absorb(other.state, prune_at=0)
-        self._finish()
+    def _absorb(self, parts: list[dict[str, np.ndarray]]) -> None:
+        st = {k: np.concatenate([self._state[k], *(p[k].astype(self._state[k].dtype) for p in parts)])
+              for k in self._state}
+        order = np.lexsort((st["depth"], st["key"]))[: self.k]
+        self._state = {k: v[order] for k, v in st.items()}
+        if len(self._state["key"]) >= self.k:
+            self._threshold = int(self._state["key"][-1])
 
-    def _finish(self) -> None:
-        order = np.lexsort((self.state["depth"], self.state["key"]))[: self.k]
-        self.state = {k: v[order] for k, v in self.state.items()}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._finish()
-        return dict(self.state)
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        self._absorb([b])
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
-        self.state = {k: np.asarray(arrays[k], dtype=self.state[k].dtype) for k in self.state}
+        self._pending, self._pending_rows = [], 0
+        self._state = {k: np.asarray(arrays[k], dtype=self._state[k].dtype) for k in self._state}
 
 
 class SampleNorms(Reducer):
@@ -328,23 +437,28 @@ class SampleNorms(Reducer):
     def __init__(self, sites: Iterable[Site], n_samples: int, seq_len: int) -> None:
         super().__init__(sites)
         self.params = {"n_samples": n_samples, "seq_len": seq_len}
-        self.state = {"sum": np.zeros((n_samples, seq_len)), "count": np.zeros((n_samples, seq_len))}
+        self._state = {"sum": np.zeros((n_samples, seq_len)), "count": np.zeros((n_samples, seq_len))}
 
     def update(self, state: State) -> None:
-        sample, pos = state.batch.flat_index
-        s, p = sample.cpu().numpy(), pos.cpu().numpy()
-        np.add.at(self.state["sum"], (s, p), state.norms.double().cpu().numpy())
-        np.add.at(self.state["count"], (s, p), 1.0)
+        b = state.batch
+        if self._dev is None:
+            self._dev = self._zeros(state.h)
+        t = b.mask.shape[1]
+        self._dev["sum"][b.sample_ids, :t] += state.norms2d.double()
+        self._dev["count"][b.sample_ids, :t] += b.fmask.double()
 
-    def merge(self, other: Reducer) -> None:
-        for k in self.state:
-            self.state[k] = self.state[k] + other.state[k]
+    def _fold(self) -> None:
+        if self._dev is not None:
+            dev, self._dev = self._dev, None
+            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
+
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        _add_into(self, b, adopt=consume)
 
     def means(self) -> np.ndarray:
-        c = self.state["count"]
-        return np.divide(self.state["sum"], c, out=np.full_like(c, np.nan), where=c > 0)
-
-
+        st = self.arrays()
+        c = st["count"]
+        return np.divide(st["sum"], c, out=np.full_like(c, np.nan), where=c > 0)
 KINDS: dict[str, type[Reducer]] = {c.kind: c for c in (NormStats, MeanState, Covariance, Reservoir,
                                                        SampleNorms)}
 
@@ -386,8 +500,8 @@ def save_states(path: Path, reducers: list[Reducer]) -> None:
 
 
 def merge_states(into: list[Reducer], shard: list[Reducer]) -> None:
-    """Merge a shard's reducers into `into`, refusing states that were made for other reducers."""
+    """Merge a shard's reducers into `into` (and use them up), refusing states made for others."""
     if [r.config() for r in into] != [r.config() for r in shard]:
         raise ValueError("shard states were made for different reducers (suite or model changed)")
     for acc, part in zip(into, shard, strict=True):
-        acc.merge(part)
+        acc.merge(part, consume=True)  # shard states are used once

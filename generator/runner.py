@@ -226,7 +226,9 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
                   n_samples={m: t.n_samples for m, t in token_inputs.items()},
                   tokenizer=loaded.tokenizer, model=model, adapter=adapter,
                   capture=suite.capture, provenance=loaded.provenance,
-                  input_labels={m: t.labels for m, t in token_inputs.items()})
+                  input_labels={m: t.labels for m, t in token_inputs.items()},
+                  suite_digest=suite.digest,
+                  valid_tokens={m: int(t.mask.sum()) for m, t in token_inputs.items()})
     wanted: dict[str, dict[str, dict[str, Reducer]]] = {}
     for e, p in params.items():
         reason = registry[e].skip_reason(ctx, p)
@@ -264,8 +266,8 @@ def _put(store: Store, model: str, exp: str, key: str, out: Output, ctx: Context
          token_inputs: dict[str, inputs.TokenInputs], seconds: float, status: str = "ok") -> None:
     mod = experiments.registry()[exp]
     prov = {"model": ctx.provenance, "experiment": exp, "params": dataclasses.asdict(params),
-            "seed": ctx.seed, "inputs": {m: t.describe() for m, t in token_inputs.items()
-                                         if m in _modes_of(mod)},
+            "seed": ctx.seed, "suite_sha256": ctx.suite_digest,
+            "inputs": {m: t.describe() for m, t in token_inputs.items() if m in _modes_of(mod)},
             "versions": versions(), "status": status, "cache_key": key}
     ident = ctx.provenance.get("revision") or (ctx.provenance.get("sha256") or "")[:12]
     line = (f"{model} · {ident} · seed {ctx.seed} · latent-atlas {__version__} · "

@@ -55,8 +55,15 @@ class Inputs:
 class CaptureOptions:
     device: str = "auto"
     """`auto`, `cpu` or `cuda`; on CUDA the reducers stay on the GPU."""
-    cov_every: int = 1
-    """Covariance from 1 in k tokens (shard-invariant hash); 1 is exact."""
+    cov_every: int = 8
+    """PCA covariance from 1 in k tokens (a fixed hash of sample and position, the same under any
+    sharding); 1 is exact. 8 keeps capture at the forward-pass limit (`make bench` measures both,
+    and how far the sampled PCA is from the exact one)."""
+    cov_keep_above: float = 3.0
+    """With `cov_every` > 1, raw (not unit) covariances always keep tokens whose norm is at least
+    this multiple of the site's median in the batch (weight 1; the rest weigh `cov_every`):
+    attention/MLP outputs are heavy-tailed, and a plain 1-in-8 sample misses the tokens that set
+    their top components. 0 turns it off."""
     points_per_site: int = 100
     """Reservoir sample size per capture site, for scatters, UMAP and separability."""
     max_chart_points: int = 4000

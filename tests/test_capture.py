@@ -88,3 +88,35 @@ def test_unknown_model_type_lists_supported():
     with pytest.raises(ModelLoadError) as err:
         adapters.for_config(Cfg(), "my-bert")
     assert "gpt2" in str(err.value) and "llama" in str(err.value) and "my-bert" in str(err.value)
+
+
+class Counter:
+    def __init__(self, block):
+        self.block, self.seen = block, []
+
+    def wants(self, site):
+        return site.point == "resid_mlp" and site.block == self.block
+
+    def update(self, state):
+        self.seen.append(state.site.block)
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
+def test_blocks_after_the_last_wanted_one_are_not_run(make):
+    model = make(n_layer=4)
+    adapter = adapters.for_config(model.config)
+    ran = []
+    handles = [adapter.block(model, i).register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+               for i in range(4)]
+    want = Counter(block=1)
+    batch = _batch()
+    cap = Capture(model, adapter, [want])
+    with cap:
+        cap.run(batch)
+    assert want.seen == [1] and ran == [0, 1] and cap.checks == 2
+    ran.clear()
+    with Capture(model, adapter, [want, Recorder()]) as cap:  # norm_final wanted: everything runs
+        cap.run(batch)
+    assert ran == [0, 1, 2, 3]
+    for h in handles:
+        h.remove()

@@ -31,6 +31,15 @@ class Context:
     capture: Any
     provenance: dict[str, Any] = field(default_factory=dict)
     input_labels: dict[str, list[str]] = field(default_factory=dict)
+    suite_digest: str = ""
+    """sha256 of the suite file this run was made from (the cache key covers the parts used)."""
+
+    valid_tokens: dict[str, int] = field(default_factory=dict)
+    """Non-padding tokens each input mode will run."""
+
+    def population(self, mode: str, n_sites: int) -> int:
+        """(site, token) pairs a reducer over `n_sites` sites will see: sizes reservoir intake."""
+        return n_sites * self.valid_tokens.get(mode, 0)
 
     def token_text(self, ids: Any) -> list[str]:
         return [self.tokenizer.decode([int(i)]) for i in ids]

@@ -56,8 +56,10 @@ def needs(ctx: Context, p: Params) -> Needs:
     first = int(p.skip_first)
     d = ctx.d_model
     return {"text": {
-        "sample": Reservoir(_sites(ctx, every), d, k=k, seed=ctx.seed),
-        "cov_raw": Covariance(middle, d, every=ctx.capture.cov_every, min_position=first),
+        "sample": Reservoir(_sites(ctx, every), d, k=k, seed=ctx.seed,
+                            population=ctx.population("text", 2 * ctx.n_blocks)),
+        "cov_raw": Covariance(middle, d, every=ctx.capture.cov_every, min_position=first,
+                              keep_above=ctx.capture.cov_keep_above),
         "cov_unit": Covariance(middle, d, unit=True, every=ctx.capture.cov_every,
                                min_position=first),
         "mean": MeanState(middle, d, keep=("site", "position"), seq_len=ctx.seq_len["text"]),
@@ -111,8 +113,11 @@ def build(ctx: Context, p: Params, stats: Needs) -> Output:
             charts.scatter_by_block(df, "pc1:Q", "pc2:Q", tooltip, kind="kind").properties(
                 width=420, height=420),
             f"PCA of attention and MLP outputs ({label}), blocks {blocks[0]}-{blocks[-1]}",
-            [shown + f"; PCA fitted on all {total:,} (exact covariance"
-             f"{'' if ctx.capture.cov_every == 1 else f', 1 in {ctx.capture.cov_every} tokens'})",
+            [shown + f"; PCA fitted on all {total:,} tokens" + (
+                " (exact covariance)" if ctx.capture.cov_every == 1 else
+                f" (covariance from 1 in {ctx.capture.cov_every} tokens"
+                + (", all high-norm tokens kept)" if label == "raw" and ctx.capture.cov_keep_above
+                   else ")")),
              f"explained variance {fit.explained_variance_ratio[0]:.1%}, "
              f"{fit.explained_variance_ratio[1]:.1%}"])
         out.metrics[f"pca_{label}_evr12"] = (float(fit.explained_variance_ratio.sum()),

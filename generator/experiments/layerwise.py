@@ -41,7 +41,8 @@ def _sites(ctx: Context) -> list[Site]:
 def needs(ctx: Context, p: Params) -> Needs:
     sites, d = _sites(ctx), ctx.d_model
     return {"text": {
-        "sample": Reservoir(sites, d, k=ctx.capture.points_per_site * len(sites), seed=ctx.seed),
+        "sample": Reservoir(sites, d, k=ctx.capture.points_per_site * len(sites), seed=ctx.seed,
+                            population=ctx.population("text", len(sites))),
         "cov_unit": Covariance(sites, d, unit=True, every=ctx.capture.cov_every,
                                min_position=int(p.skip_first)),
         "by_position": MeanState(sites, d, keep=("site", "position"), seq_len=ctx.seq_len["text"]),
