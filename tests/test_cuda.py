@@ -1,0 +1,56 @@
+"""The GPU path (reducers accumulate on the device): same statistics as on the CPU.
+
+Skipped on machines without CUDA (CI has none); run wherever a GPU is lent.
+"""
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_gpt2, tiny_llama
+
+from generator import adapters, experiments
+from generator.executors import Local
+from generator.experiments import Context
+from generator.inputs import TokenInputs
+from generator.suite import CaptureOptions
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+def _suite_reducers(model, n, t):
+    adapter = adapters.for_config(model.config)
+    ctx = Context("cuda", adapter.n_blocks(model), int(model.config.hidden_size), 42,
+                  {"text": t, "repeat": 8, "singular": 1}, {"text": n, "repeat": 1, "singular": 1},
+                  None, model, adapter, CaptureOptions(cov_every=2, shard_batches=2),
+                  valid_tokens={"text": n * t})
+    out = []
+    for mod in experiments.registry().values():
+        p = mod.Params()
+        if mod.skip_reason(ctx, p) is None:
+            out += list(mod.needs(ctx, p).get("text", {}).values())
+    return out
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
+def test_reducers_on_cuda_match_the_cpu(make):
+    model = make(n_layer=3)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (10, 24), generator=gen)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[3, 15:] = False  # padding takes the masked paths too
+    results = {}
+    for device in ("cpu", "cuda"):
+        m = model.to(device)
+        reducers = _suite_reducers(m, 10, 24)
+        Local(m, adapters.for_config(m.config), device, 2, progress=False).capture(
+            TokenInputs("text", ids, mask, 4), reducers, device)
+        results[device] = [r.arrays() for r in reducers]
+    for cpu, gpu in zip(results["cpu"], results["cuda"], strict=True):
+        assert cpu.keys() == gpu.keys()
+        for k in cpu:
+            if k in ("key", "depth", "block", "sample", "position", "token"):
+                np.testing.assert_array_equal(cpu[k], gpu[k], err_msg=k)  # same tokens chosen
+            elif k == "hist":  # a norm on a bin edge may land one bin over
+                assert cpu[k].sum() == gpu[k].sum() and np.abs(cpu[k] - gpu[k]).sum() <= 4
+            else:
+                np.testing.assert_allclose(gpu[k], cpu[k], rtol=2e-3, atol=1e-4, err_msg=k)
