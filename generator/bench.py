@@ -304,26 +304,34 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
 
 
 def main_cuda(quick: bool) -> dict[str, Any]:
-    """The capture ratios on a CUDA device (reducers stay on the GPU), random-weight shapes."""
+    """The capture ratios on a CUDA device (reducers stay on the GPU), random-weight shapes.
+
+    Results are written after every shape, so a run cut short still leaves what it measured.
+    """
     if not torch.cuda.is_available():
         from generator.errors import AtlasError
 
         raise AtlasError("bench --device cuda", "no CUDA device is available", "run it on a GPU machine")
     res: dict[str, Any] = {"machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}"}
-    reps = 3 if quick else 7
+    path = Path("build/bench-cuda.json")
+    reps = 3
     gpt2 = gpt2_small("cuda")
     for label, shape in (("gpt2s_8x128", (32, 128, 8)), ("gpt2s_1x1024", (4, 1024, 1)),
-                         ("gpt2s_16x1024", (64, 1024, 16))):
+                         ("gpt2s_16x1024", (32, 1024, 16))):
         ratios(res, gpt2, label, shape, 50257, (1, 8), reps)
+        report(res, path, quiet=True)
     smol = smollm2_shaped("cuda")
-    for label, shape in (("smollm2shape_4x512", (16, 512, 4)), ("smollm2shape_32x512", (128, 512, 32))):
+    for label, shape in (("smollm2shape_4x512", (16, 512, 4)), ("smollm2shape_32x512", (64, 512, 32))):
         ratios(res, smol, label, shape, 49152, (1, 8), reps)
-    return report(res, Path("build/bench-cuda.json"))
+        report(res, path, quiet=True)
+    return report(res, path)
 
 
-def report(res: dict[str, Any], path: Path) -> dict[str, Any]:
+def report(res: dict[str, Any], path: Path, quiet: bool = False) -> dict[str, Any]:
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    if quiet:
+        return res
     width = max(map(len, res))
     for k, v in res.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
