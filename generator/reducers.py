@@ -182,7 +182,19 @@ class NormStats(Reducer):
         return np.divide(self._state["m2"], n - 1, out=np.zeros_like(n), where=n > 1)
 
 
-class MeanState(Reducer):
+class _Sums(Reducer):
+    """Reducers whose state is plain sums: folding and merging are additions, done in place."""
+
+    def _fold(self) -> None:
+        if self._dev is not None:
+            dev, self._dev = self._dev, None
+            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
+
+    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        _add_into(self, b, adopt=consume)
+
+
+class MeanState(_Sums):
     """Mean state vector, kept apart by any of site / sample / position and averaged over the rest.
 
     `keep=("position",)` averages over samples and sites (one vector per position); `("site",
@@ -231,14 +243,6 @@ class MeanState(Reducer):
         else:
             acc[0, 0].add_(hm.sum((0, 1)))
             cnt[0, 0].add_(fm.sum())
-
-    def _fold(self) -> None:
-        if self._dev is not None:
-            dev, self._dev = self._dev, None
-            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
-
-    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
-        _add_into(self, b, adopt=consume)
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(means shaped dims + (D,), counts shaped dims); empty slots are NaN."""
@@ -429,7 +433,7 @@ class Reservoir(Reducer):
         self._state = {k: np.asarray(arrays[k], dtype=self._state[k].dtype) for k in self._state}
 
 
-class SampleNorms(Reducer):
+class SampleNorms(_Sums):
     """Mean token norm over `sites` for every (sample, position): per-token results (vocab, repeat)."""
 
     kind = "sample_norms"
@@ -446,14 +450,6 @@ class SampleNorms(Reducer):
         t = b.mask.shape[1]
         self._dev["sum"][b.sample_ids, :t] += state.norms2d.double()
         self._dev["count"][b.sample_ids, :t] += b.fmask.double()
-
-    def _fold(self) -> None:
-        if self._dev is not None:
-            dev, self._dev = self._dev, None
-            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
-
-    def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
-        _add_into(self, b, adopt=consume)
 
     def means(self) -> np.ndarray:
         st = self.arrays()

@@ -8,27 +8,13 @@ import pytest
 import torch
 from helpers import tiny_gpt2, tiny_llama
 
-from generator import adapters, experiments
+from generator import adapters
+from generator.bench import suite_reducers
 from generator.executors import Local
-from generator.experiments import Context
 from generator.inputs import TokenInputs
 from generator.suite import CaptureOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
-
-
-def _suite_reducers(model, n, t):
-    adapter = adapters.for_config(model.config)
-    ctx = Context("cuda", adapter.n_blocks(model), int(model.config.hidden_size), 42,
-                  {"text": t, "repeat": 8, "singular": 1}, {"text": n, "repeat": 1, "singular": 1},
-                  None, model, adapter, CaptureOptions(cov_every=2, shard_batches=2),
-                  valid_tokens={"text": n * t})
-    out = []
-    for mod in experiments.registry().values():
-        p = mod.Params()
-        if mod.skip_reason(ctx, p) is None:
-            out += list(mod.needs(ctx, p).get("text", {}).values())
-    return out
 
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
@@ -41,7 +27,7 @@ def test_reducers_on_cuda_match_the_cpu(make):
     results = {}
     for device in ("cpu", "cuda"):
         m = model.to(device)
-        reducers = _suite_reducers(m, 10, 24)
+        reducers = suite_reducers(m, 10, 24, options=CaptureOptions(cov_every=2, shard_batches=2))
         Local(m, adapters.for_config(m.config), device, 2, progress=False).capture(
             TokenInputs("text", ids, mask, 4), reducers, device)
         results[device] = [r.arrays() for r in reducers]
