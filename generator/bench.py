@@ -226,7 +226,9 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4) -> None:
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
+    from generator.memory import return_large_blocks
 
+    return_large_blocks()  # as the CLI does
     torch.manual_seed(0)
     model = gpt2_small()
     reducers = suite_reducers(model, n_samples, seq_len)
