@@ -49,7 +49,11 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hub():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # the timeout case hangs up before the slow answer is written
+
+    server = Server(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
