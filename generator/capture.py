@@ -36,10 +36,6 @@ class Batch:
         return self.sample_ids[rows], cols
 
     @cached_property
-    def flat_tokens(self) -> torch.Tensor:
-        return self.input_ids[self.mask]
-
-    @cached_property
     def positions(self) -> torch.Tensor:
         """(B, T) position of every slot."""
         b, t = self.mask.shape
@@ -107,10 +103,6 @@ class State:
     def norms(self) -> torch.Tensor:
         """L2 norm of every valid token, (N,)."""
         return self.norms2d[self.batch.mask]
-
-    @cached_property
-    def unit_rows(self) -> torch.Tensor:
-        return self.rows.float() / self.norms.clamp_min(1e-12).unsqueeze(-1)
 
     def select(self, keep: torch.Tensor, unit: bool = False) -> torch.Tensor:
         """Rows (float32) at the (B, T) slots where `keep` is True, optionally unit-normalized."""
