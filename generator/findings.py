@@ -86,7 +86,7 @@ def claims_for(model: dict[str, Any], thresholds: dict[str, float]) -> list[dict
     out = []
     for exp, metric, key, text, needs in CLAIMS:
         e = model["experiments"].get(exp)
-        if not e or metric not in e["metrics"] and e["prov"].get("status") == "ok":
+        if not e or (e["prov"].get("status") == "ok" and metric not in e["metrics"]):
             continue
         t = thresholds[key]
         row = {"model": model["name"], "page": exp, "text": text.format(t=t), "exp": exp,

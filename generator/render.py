@@ -68,9 +68,9 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
                                                       if c["model"] == m["name"] and c["exp"] == exp]))
         pages[f"{exp}.md"] = env.get_template("experiment.md.j2").render(
             title=title, doc=doc, sections=sections, artifacts=str(artifacts))
+    past = history.read(artifacts)
     pages["changelog.md"] = env.get_template("changelog.md.j2").render(
-        artifacts=str(artifacts), history=history.read(artifacts),
-        changes=history.changes(history.read(artifacts)), fmt=fmt)
+        artifacts=str(artifacts), history=past, changes=history.changes(past), fmt=fmt)
     pages["methods.md"] = env.get_template("methods.md.j2").render(points=list(POINT_MEANING.items()))
     from generator.adapters_list import SUPPORTED
 

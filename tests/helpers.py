@@ -36,6 +36,16 @@ class ByteTokenizer:
         return {chr(i) if 32 <= i < 127 else f"<{i}>": i for i in range(self.vocab_size)}
 
 
+def padded_ids(n: int, t: int, seed: int, pads: dict[int, int]):
+    """Random byte ids (n, t) and a mask with row r padded from position pads[r] on."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (n, t), generator=gen)
+    mask = torch.ones(n, t, dtype=torch.bool)
+    for row, start in pads.items():
+        mask[row, start:] = False
+    return ids, mask
+
+
 def tiny_gpt2(n_layer: int = 2, n_embd: int = 32, seed: int = 0):
     from transformers import GPT2Config, GPT2Model
 

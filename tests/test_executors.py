@@ -5,8 +5,7 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from helpers import tiny_llama, write_suite
+from helpers import padded_ids, tiny_llama, write_suite
 
 from generator import adapters
 from generator.executors import FAULT_DIR, Local, capture_shard
@@ -38,10 +37,7 @@ def _reducers():
 @pytest.fixture(scope="module")
 def model_and_inputs():
     model = tiny_llama(n_layer=2, hidden=32)
-    gen = torch.Generator().manual_seed(4)
-    ids = torch.randint(0, 256, (10, 12), generator=gen)
-    mask = torch.ones(10, 12, dtype=torch.bool)
-    mask[7, 5:] = False
+    ids, mask = padded_ids(10, 12, seed=4, pads={7: 5})
     return model, TokenInputs("text", ids, mask, batch_size=2)
 
 

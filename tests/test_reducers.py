@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_llama
+from helpers import padded_ids, tiny_llama
 
 from generator import adapters, pca
 from generator.capture import Batch, Capture
@@ -32,11 +32,7 @@ def _run(reducers, batches, model):
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_llama(n_layer=2, hidden=32)
-    gen = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 256, (8, 12), generator=gen)
-    mask = torch.ones(8, 12, dtype=torch.bool)
-    mask[3, 7:] = False
-    mask[6, 2:] = False
+    ids, mask = padded_ids(8, 12, seed=3, pads={3: 7, 6: 2})
     batches = [Batch(ids[i:i + 2], mask[i:i + 2], torch.arange(i, i + 2)) for i in range(0, 8, 2)]
     return model, batches
 
