@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--artifacts", default="build/artifacts")
     render.add_argument("--docs", default="docs")
     args = parser.parse_args(argv)
-    from generator.memory import return_large_blocks
+    from generator.memory import reuse_freed_memory
 
-    return_large_blocks()
+    reuse_freed_memory()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "run":

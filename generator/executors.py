@@ -1,8 +1,9 @@
 """Where capture runs: in this process, or sharded over Ray actors. Both give the same numbers.
 
 Each input mode is cut into shards of `capture.shard_batches` batches (the suite fixes the cut, not
-the number of workers). Every shard is reduced into fresh, empty reducers and the shard states are
-merged into the result in shard order. Since each merge sees the same operands in the same order
+the number of workers). Every shard is reduced into empty reducers (locally one set, reset between
+shards, so buffers are allocated once) and the shard states are merged into the result in shard
+order. Since each merge sees the same operands in the same order
 wherever the shard ran, a sharded run is byte-identical to a single-process one, and memory holds
 the result plus one shard's state, whatever the corpus size.
 
@@ -15,6 +16,7 @@ shard that fails on every try fails its model, never silently drops data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections import deque
@@ -62,6 +64,18 @@ class Local:
         self.model, self.adapter, self.device = model, adapter, device
         self.shard_batches, self.progress = shard_batches, progress
         self.retried: list[str] = []
+        self._parts: dict[str, list[Reducer]] = {}
+
+    def _shard_reducers(self, configs: list[dict[str, Any]]) -> list[Reducer]:
+        """One set of empty shard reducers per reducer configuration.
+
+        Reset and reused by every shard (and every call): buffers are allocated once, not once
+        per shard.
+        """
+        key = json.dumps(configs, sort_keys=True)
+        if key not in self._parts:
+            self._parts = {key: [from_config(c) for c in configs]}  # keep only the latest
+        return self._parts[key]
 
     def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str) -> int:
         configs = [r.config() for r in reducers]
@@ -69,11 +83,13 @@ class Local:
         n = 0
         with tqdm(total=total, desc=label, unit="batch", disable=not self.progress,
                   leave=False) as bar:
+            part = self._shard_reducers(configs)
             for start, stop in inputs.shards(self.shard_batches):
-                part = [from_config(c) for c in configs]  # fresh, lazily zeroed
+                for r in part:
+                    r.reset()  # empty, even after a shard that failed half-way
                 n += capture_shard(self.model, self.adapter, inputs, part, self.device, start,
                                    stop, bar)
-                merge_states(reducers, part)
+                merge_states(reducers, part, consume=False)
         return n
 
     def close(self) -> None:
@@ -85,7 +101,9 @@ class ShardWorker:
 
     def __init__(self, spec: dict[str, Any], device: str, threads: int) -> None:
         from generator import adapters, models
+        from generator.memory import reuse_freed_memory
 
+        reuse_freed_memory()  # as the CLI does in the driver
         torch.set_num_threads(threads)
         self.loaded = models.load(ModelSpec(**spec), device)
         self.adapter = adapters.for_config(self.loaded.model.config, self.loaded.spec.name)
