@@ -66,6 +66,35 @@ def test_shards_saved_to_files_and_merged_later_equal_the_in_process_run(model_a
         assert all(z[k].dtype != object for k in z.files)
 
 
+def test_local_executor_reuses_shard_buffers_and_a_failed_shard_leaves_nothing(
+        model_and_inputs, monkeypatch):
+    model, inputs = model_and_inputs
+    ex = Local(model, adapters.for_config(model.config), "cpu", shard_batches=2, progress=False)
+    first = _reducers()
+    ex.capture(inputs, first, "t")
+    (parts,) = ex._parts.values()
+    buffer = parts[1]._dev["sum"]  # the position means' float32 shard sums
+    calls = {"n": 0}
+    update = MeanState.update
+
+    def flaky(self, state):  # fails in the middle of the second shard
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("boom")
+        update(self, state)
+
+    monkeypatch.setattr(MeanState, "update", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        ex.capture(inputs, _reducers(), "t")
+    monkeypatch.undo()
+    again = _reducers()
+    ex.capture(inputs, again, "t")
+    assert parts[1]._dev["sum"] is buffer  # allocated once, zeroed between shards
+    for got, want in zip(_arrays(again), _arrays(first), strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def test_shard_states_made_for_other_reducers_are_refused():
     a, b = _reducers(), _reducers()
     b[3] = Covariance(b[3].sites, 32, unit=True)
