@@ -31,14 +31,21 @@ HIST_EDGES = np.linspace(-3.0, 6.0, 181)  # log10(norm) bins: 1e-3 .. 1e6, 0.05 
 
 
 def chan_merge(n_a: Any, mean_a: Any, m2_a: Any, n_b: Any, mean_b: Any, m2_b: Any,
-               outer: bool = False) -> tuple[Any, Any, Any]:
-    """Combine two (n, mean, M2) summaries (numpy or torch alike); `outer` for a covariance M2."""
+               outer: bool = False, in_place: bool = False) -> tuple[Any, Any, Any]:
+    """Combine two (n, mean, M2) summaries (numpy or torch alike); `outer` for a covariance M2.
+
+    `in_place` (torch covariances) updates `mean_a` and `m2_a` and returns them: no d x d
+    temporaries, which on the capture hot path cost a page fault per 4 KB.
+    """
     is_torch = isinstance(n_a, torch.Tensor)
     n = n_a + n_b
     w = n_b / (n.clamp_min(1) if is_torch else np.maximum(n, 1))  # n is a count: 0 or >= 1
     delta = mean_b - mean_a
-    mean = mean_a + delta * (w[..., None] if delta.ndim > w.ndim else w)
     f = n_a * w
+    if in_place:
+        mean_a.add_(delta * w)
+        return n, mean_a, m2_a.add_(m2_b).addr_(delta * f, delta)
+    mean = mean_a + delta * (w[..., None] if delta.ndim > w.ndim else w)
     if outer:
         m2 = m2_a + m2_b + (torch.outer if is_torch else np.outer)(delta, delta) * f
     else:
@@ -410,13 +417,8 @@ class Covariance(Reducer):
         if d is None:
             self._dev = {"n": n_b, "mean": mean_b, "m2": m2_b}
             return
-        # chan_merge, in place: d x d float64 temporaries cost a page fault per 4 KB
-        n_a, n = d["n"], d["n"] + n_b
-        w = n_b / n
-        step = mean_b - d["mean"]
-        d["mean"].add_(step * w)
-        d["m2"].add_(m2_b).addr_(step * (n_a * w), step)
-        d["n"] = n
+        d["n"], d["mean"], d["m2"] = chan_merge(d["n"], d["mean"], d["m2"], n_b, mean_b, m2_b,
+                                                outer=True, in_place=True)
 
     def reset(self) -> None:
         """Empty again; the row pool is kept (it holds nothing between batches)."""
