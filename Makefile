@@ -36,7 +36,7 @@ render: $(STAMP)
 	$(PY) -m generator render
 
 serve: site
-	.venv/bin/mkdocs serve -a 127.0.0.1:8000
+	$(PY) -m http.server --directory site --bind 127.0.0.1 8000
 
 # Asks the hub for each hub model's current revision and records it in models.lock.json.
 releases: $(STAMP)

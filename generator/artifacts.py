@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from generator.errors import AtlasError
+
 log = logging.getLogger(__name__)
 
 VOLATILE = {"run.json"}
@@ -124,6 +126,15 @@ class Store:
             except json.JSONDecodeError:
                 log.warning("manifest.json is corrupt; every entry will be rebuilt")
 
+    def path(self, entry: str) -> Path:
+        """The folder of `entry`, refused unless it lies strictly inside the store's root."""
+        root = self.root.resolve()
+        final = (root / entry).resolve()
+        if final == root or root not in final.parents:
+            raise AtlasError(entry, f"resolves to {final}, outside the artifact folder {root}",
+                             "use plain model names (letters, digits, '.', '_', '-')")
+        return final
+
     def valid(self, entry: str, key: str) -> tuple[bool, str]:
         """(usable?, why not): the entry exists, has this key, and every file hashes right."""
         meta = self.manifest.get(entry)
@@ -131,7 +142,7 @@ class Store:
             return False, "not built yet"
         if meta.get("key") != key:
             return False, "inputs changed"
-        folder = self.root / entry
+        folder = self.path(entry)
         for name, digest in meta["files"].items():
             p = folder / name
             if not p.is_file():
@@ -142,7 +153,7 @@ class Store:
 
     def put(self, entry: str, key: str, files: dict[str, str]) -> None:
         """Write a whole entry into a temp folder, swap it in, then record it in the manifest."""
-        final = self.root / entry
+        final = self.path(entry)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
         for name, text in files.items():

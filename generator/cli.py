@@ -112,6 +112,6 @@ def _site(args: argparse.Namespace) -> int:
     args.models, args.strict, args.no_progress = None, False, False
     _run(args)
     rnd.render(Path(args.out), Path(args.docs))
-    rnd.build_site(site=Path(args.site).resolve())
+    rnd.build_site(Path(args.docs), Path(args.site))
     print(f"site built in {args.site}/ ({time.perf_counter() - t0:.1f}s); preview: make serve")
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from generator import history
 from generator.errors import AtlasError
@@ -28,10 +29,33 @@ TEMPLATES = ROOT / "templates"
 SCATTER_CANVAS = 5000  # svg up to ~5k points, canvas beyond (see NOTES.md timings)
 
 
+# Characters that Markdown (and its attr_list / md_in_html extensions) reads as syntax. As
+# numeric entities they show as themselves and never form a link, emphasis or attribute list.
+_MARKDOWN = {c: f"&#{ord(c)};" for c in "\\`*_{}[]#!|"}
+
+
+def escape(value: Any) -> markupsafe.Markup:
+    """Any user-controlled value, safe in HTML text, HTML attributes and Markdown alike.
+
+    Autoescape alone stops HTML tags but not Markdown: `[x](javascript:alert(1))` in a title
+    became a working link. Values the templates mark as trusted (`Markup`) pass unchanged.
+    """
+    if isinstance(value, markupsafe.Markup):
+        return value
+    text = str(markupsafe.escape(value))
+    return markupsafe.Markup("".join(_MARKDOWN.get(c, c) for c in text))
+
+
+def environment() -> jinja2.Environment:
+    """Jinja with every `{{ value }}` escaped for HTML and Markdown both."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              finalize=escape, undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True)
+
+
 def render(artifacts: Path, docs: Path) -> None:
     build = load_build(artifacts)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = environment()
     tmp = Path(tempfile.mkdtemp(dir=docs.parent if docs.parent.exists() else None,
                                 prefix=f".{docs.name}.tmp-"))
     try:
@@ -54,6 +78,7 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
         title=summary.get("title", "latent-atlas"), models=models, artifacts=str(artifacts),
         headlines=[{"page": e, "label": label} for e, _, label in HEADLINES],
         headline_rows=headline_rows, claims=all_claims)}
+    titles = {}
     for exp in ORDER:
         sections, doc, title = [], "", exp
         for m in models:
@@ -66,8 +91,9 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
             doc, title = prov.get("doc", ""), prov.get("title", exp)
             sections.append(_section(m, exp, e, out, [c for c in all_claims
                                                       if c["model"] == m["name"] and c["exp"] == exp]))
+        titles[exp] = title
         pages[f"{exp}.md"] = env.get_template("experiment.md.j2").render(
-            title=title, doc=doc, sections=sections, artifacts=str(artifacts))
+            title=title, doc=markupsafe.Markup(doc), sections=sections, artifacts=str(artifacts))
     past = history.read(artifacts)
     pages["changelog.md"] = env.get_template("changelog.md.j2").render(
         artifacts=str(artifacts), history=past, changes=history.changes(past), fmt=fmt)
@@ -77,6 +103,9 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
     pages["models.md"] = env.get_template("models.md.j2").render(supported=", ".join(SUPPORTED))
     for name, text in pages.items():
         (out / name).write_text(text, encoding="utf-8")
+    nav = [("Home", "index.md")] + [(titles[e], f"{e}.md") for e in ORDER] + [
+        ("Changelog", "changelog.md"), ("Methods", "methods.md"), ("Other models", "models.md")]
+    (out / NAV_FILE).write_text(json.dumps(nav, indent=1), encoding="utf-8")
     _assets(out)
 
 
@@ -128,6 +157,9 @@ def _assets(out: Path) -> None:
 
 
 def _swap(new: Path, final: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    new.chmod(0o777 & ~umask)  # mkdtemp made it 0700
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.replace(final, old)
@@ -135,15 +167,36 @@ def _swap(new: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_site(config: Path = ROOT / "mkdocs.yml", site: Path = ROOT / "site") -> None:
-    """`mkdocs build --strict` into a temp folder, then swap it in."""
+NAV_FILE = ".nav.json"
+"""Written by `render` into docs/ (MkDocs skips dotfiles): the pages in reading order."""
+
+
+def build_site(docs: Path, site: Path, config: Path = ROOT / "mkdocs.yml") -> None:
+    """`mkdocs build --strict` of exactly `docs` into a temp folder, then swap it in as `site`.
+
+    The repository's mkdocs.yml holds the theme and extensions; a generated child config
+    (`INHERIT`) names the docs folder and the nav that `render` wrote, so the site is always
+    built from the docs just rendered, wherever they are.
+    """
+    docs, site = Path(docs).resolve(), Path(site).resolve()
+    nav_path = docs / NAV_FILE
+    if not nav_path.is_file():
+        raise AtlasError(str(docs), "not a rendered docs folder (no navigation file)",
+                         "run `python -m generator render --docs DIR` first")
+    nav = json.loads(nav_path.read_text(encoding="utf-8"))
+    site.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=site.parent, prefix=f".{site.name}.tmp-"))
     try:
+        child = tmp / "mkdocs.yml"
+        child.write_text(json.dumps({"INHERIT": str(Path(config).resolve()), "docs_dir": str(docs),
+                                     "nav": [{t: f} for t, f in nav]}), encoding="utf-8")
+        out = tmp / "site"
         r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
-                            "-f", str(config), "-d", str(tmp)], capture_output=True, text=True)
+                            "-f", str(child), "-d", str(out)], capture_output=True, text=True)
         if r.returncode != 0:
             raise AtlasError("mkdocs build", (r.stderr or r.stdout).strip()[-2000:],
                              "fix the page or template named above; site/ was left as it was")
-        _swap(tmp, site)
+        out.chmod(0o755)
+        _swap(out, site)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

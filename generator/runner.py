@@ -151,7 +151,7 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
 
 def _write_status(store: Store, model: str, status: str, reason: str = "",
                   provenance: dict | None = None) -> None:
-    artifacts.write_atomic(store.root / model / "status.json", artifacts.dumps(
+    artifacts.write_atomic(store.path(model) / "status.json", artifacts.dumps(
         {"model": model, "status": status, "reason": reason, "provenance": provenance or {}}))
 
 

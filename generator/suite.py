@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ import tomllib
 
 from generator.errors import SuiteError
 from generator.models import ModelSpec
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+"""What a model name may be: it names an output folder, a file path segment and a page anchor."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,11 @@ def _check(suite: Suite, file: str) -> None:
     if len(set(names)) != len(names):
         raise SuiteError(file, f"[[models]] names repeat: {names}", "give each model its own name")
     for m in suite.models:
+        if not SAFE_NAME.fullmatch(m.name) or m.name in (".", ".."):
+            raise SuiteError(f"{file}: [[models]] name {m.name!r}",
+                             "a model name becomes a folder and a page section, so it must be a "
+                             "plain slug (letters, digits, '.', '_', '-'; not '.' or '..')",
+                             "rename it, e.g. name = \"my-model\"")
         if sum(x is not None for x in (m.id, m.path, m.embedded)) != 1:
             raise SuiteError(f"{file}: [[models]] {m.name}",
                              "needs exactly one of `id`, `path`, `embedded`",

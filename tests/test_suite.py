@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from generator.errors import SuiteError
@@ -31,3 +33,28 @@ def test_bad_suites_name_file_key_and_type(tmp_path, body, where, what):
         experiment_params(load_suite(p))
     text = str(err.value)
     assert str(p) in text and where in text and what in text and "fix:" in text
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/some/folder", "", ".", "..", "a/b",
+                                  "[x](javascript:alert(1))", "<b>", "a b"])
+def test_model_names_that_are_not_plain_slugs_are_refused(tmp_path, name):
+    p = tmp_path / "s.toml"
+    p.write_text(f"[[models]]\nname = {json.dumps(name)}\nid = \"gpt2\"\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(p)
+    text = str(err.value)
+    assert "plain slug" in text and "fix:" in text and repr(name) in text
+
+
+def test_the_store_refuses_entries_outside_its_root(tmp_path):
+    from generator.artifacts import Store
+    from generator.errors import AtlasError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    store = Store(tmp_path / "out")
+    for entry in ("../precious", str(precious), "", "a/../../precious"):
+        with pytest.raises(AtlasError, match="outside the artifact folder"):
+            store.put(entry, "k", {"x.json": "{}"})
+    assert (precious / "keep.txt").read_text() == "mine" and not (tmp_path / "out").exists()
