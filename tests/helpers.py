@@ -176,3 +176,52 @@ def write_suite(path: Path, models: list[dict], extra: str = "") -> Path:
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in m.items()]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+def fake_context(n_blocks: int = 6, d_model: int = 16, seq_len: int = 32, n_samples: int = 24,
+                 seed: int = 3, **capture):
+    """A Context for driving an experiment's compute with synthetic states (no model needed)."""
+    from generator.experiment import Context
+    from generator.suite import CaptureOptions
+
+    modes = ("text", "repeat", "singular")
+    return Context(model_name="synthetic", n_blocks=n_blocks, d_model=d_model, seed=seed,
+                   seq_len=dict.fromkeys(modes, seq_len), n_samples=dict.fromkeys(modes, n_samples),
+                   tokenizer=ByteTokenizer(), model=None, architecture=None,
+                   capture=CaptureOptions(**capture),
+                   input_labels={"repeat": [f"tok{i}" for i in range(n_samples)]},
+                   valid_tokens=dict.fromkeys(modes, seq_len * n_samples))
+
+
+def feed(reducers, n_blocks: int, n_samples: int, seq_len: int, make_h, batch_size: int = 4):
+    """Stream synthetic states into reducers, as the capture hooks would.
+
+    `make_h(site, samples, positions)` gets (B, T) global sample ids and positions and returns the
+    (B, T, D) states of that site: a test plants the signal an experiment must find there.
+    """
+    from generator.capture.batch import Batch, State
+    from generator.capture.sites import all_sites
+
+    for start in range(0, n_samples, batch_size):
+        ids = torch.arange(start, min(start + batch_size, n_samples))
+        tokens = (ids[:, None] * 7 + torch.arange(seq_len)[None, :]) % 256
+        batch = Batch(tokens, torch.ones(len(ids), seq_len, dtype=torch.bool), ids)
+        for site in all_sites(n_blocks):
+            wanting = [r for r in reducers if r.wants(site)]
+            if wanting:
+                state = State(site, make_h(site, batch.samples, batch.positions).float(), batch)
+                for r in wanting:
+                    r.update(state)
+        for r in reducers:
+            end = getattr(r, "end_batch", None)
+            if end is not None:
+                end()
+
+
+def run_planted(exp, ctx, make_h, params=None, mode="text"):
+    """An experiment's real needs -> reducers fed planted states -> its real compute."""
+    params = params or exp.params()
+    needs = exp.needs(ctx, params)
+    for m, reducers in needs.items():
+        feed(list(reducers.values()), ctx.n_blocks, ctx.n_samples[m], ctx.seq_len[m], make_h)
+    return exp.compute(ctx, params, needs)

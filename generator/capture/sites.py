@@ -52,3 +52,9 @@ def middle_blocks(n_blocks: int, fraction: float = 0.6) -> list[int]:
     keep = max(1, round(n_blocks * fraction))
     start = (n_blocks - keep) // 2
     return list(range(start, start + keep))
+
+
+def middle_sites(n_blocks: int, point: str, fraction: float = 0.6) -> list[Site]:
+    """The sites of `point` in the middle blocks: what several experiments average over."""
+    mids = set(middle_blocks(n_blocks, fraction))
+    return [s for s in all_sites(n_blocks) if s.point == point and s.block in mids]

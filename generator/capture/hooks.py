@@ -10,101 +10,16 @@ hooks the wrong modules is wrong at every token, and fails loudly.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
 import torch
 
-from generator.adapters import Adapter
-from generator.errors import CaptureError
-from generator.points import Site, all_sites
-
-
-@dataclass
-class Batch:
-    """Token ids (B, T), a validity mask (padding is False) and each row's global sample index."""
-
-    input_ids: torch.Tensor
-    mask: torch.Tensor
-    sample_ids: torch.Tensor
-
-    @cached_property
-    def flat_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sample id, position) of every valid token, in row-major order."""
-        rows, cols = self.mask.nonzero(as_tuple=True)
-        return self.sample_ids[rows], cols
-
-    @cached_property
-    def positions(self) -> torch.Tensor:
-        """(B, T) position of every slot."""
-        b, t = self.mask.shape
-        return torch.arange(t, device=self.mask.device).expand(b, t)
-
-    @cached_property
-    def samples(self) -> torch.Tensor:
-        """(B, T) global sample id of every slot."""
-        return self.sample_ids.unsqueeze(1).expand(self.mask.shape)
-
-    @cached_property
-    def fmask(self) -> torch.Tensor:
-        """(B, T) mask as float32: multiplying by it zeroes padding in dense reductions."""
-        return self.mask.float()
-
-    def subsample(self, every: int, min_position: int) -> torch.Tensor:
-        """(B, T) mask of valid tokens from `min_position` on, in 1 of `every` hash buckets.
-
-        The same for every site of the batch, so it is computed once per batch.
-        """
-        key = (every, min_position)
-        if key not in self._subsamples:
-            from generator.reducers import token_hash
-
-            keep = self.mask & (self.positions >= min_position)
-            if every > 1:
-                keep &= token_hash(self.samples, self.positions, 0) % every == 0
-            self._subsamples[key] = keep
-        return self._subsamples[key]
-
-    @cached_property
-    def _subsamples(self) -> dict[tuple[int, int], torch.Tensor]:
-        return {}
-
-    @cached_property
-    def full(self) -> bool:
-        """No padding in this batch (packed text, repeats, single tokens): masks can be skipped."""
-        return bool(self.mask.all())
-
-
-@dataclass
-class State:
-    """One captured tensor (B, T, D) with views computed once and shared by all reducers.
-
-    Reducers work on the dense (B, T, ...) grid with the mask as weights where they can: no
-    copy of the valid rows is made unless one asks for `rows`.
-    """
-
-    site: Site
-    h: torch.Tensor
-    batch: Batch
-
-    @cached_property
-    def rows(self) -> torch.Tensor:
-        """Valid tokens only, (N, D): padding never reaches a statistic."""
-        return self.h[self.batch.mask]
-
-    @cached_property
-    def norms2d(self) -> torch.Tensor:
-        """(B, T) L2 norm of every slot, zero at padding."""
-        n = torch.linalg.vector_norm(self.h, dim=-1, dtype=torch.float32)
-        return n if self.batch.full else n * self.batch.fmask
-
-    @cached_property
-    def norms(self) -> torch.Tensor:
-        """L2 norm of every valid token, (N,)."""
-        return self.norms2d[self.batch.mask]
+from generator.architectures import Architecture
+from generator.capture.batch import Batch, State
+from generator.capture.check import check_residual
+from generator.capture.sites import Site, all_sites
 
 
 class Sink(Protocol):
@@ -126,7 +41,7 @@ class Capture:
     """Install hooks on `model` for the sites the sinks want; use as a context manager."""
 
     model: torch.nn.Module
-    adapter: Adapter
+    adapter: Architecture
     sinks: Sequence[Sink]
     rtol: float = 1e-4
     checks: int = field(default=0, init=False)
@@ -172,7 +87,8 @@ class Capture:
     def _block_output(self, i: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             got, out = self._block, _first(output)
-            self._check(i, got, out)
+            check_residual(i, got, out, self.rtol, self.CHECK_EVERY)
+            self.checks += 1
             for point, h in (("norm_attn", got["norm_attn"]), ("attn", got["attn"]),
                              ("resid_attn", got["resid_attn"]), ("norm_mlp", got["norm_mlp"]),
                              ("mlp", got["mlp"]), ("resid_mlp", out)):
@@ -184,23 +100,6 @@ class Capture:
 
     def _final(self, _module: Any, _args: Any, output: Any) -> None:
         self._emit("norm_final", self.n_blocks, _first(output))
-
-    def _check(self, i: int, got: dict[str, torch.Tensor], out: torch.Tensor) -> None:
-        """Check input + attn == resid_attn and resid_attn + mlp == output, at sampled positions."""
-        at = (slice(None), slice(None, None, self.CHECK_EVERY))
-        inp, attn, mid, mlp, end = (t[at] for t in (got["input"], got["attn"], got["resid_attn"],
-                                                    got["mlp"], out))
-        err = torch.maximum((inp + attn - mid).abs().amax(), (mid + mlp - end).abs().amax())
-        scale = end.abs().amax() + 1.0
-        if not bool(err <= self.rtol * scale):
-            raise CaptureError(
-                f"block {i}",
-                f"rebuilt residual (input + attn + mlp) differs from the block's own by "
-                f"{float(err):.3g} (scale {float(scale):.3g})",
-                "the adapter's module paths do not match this architecture, or another hook "
-                "changes module outputs; check generator/adapters/ for this model_type",
-            )
-        self.checks += 1
 
     def __enter__(self) -> Capture:
         m, a = self.model, self.adapter
@@ -237,9 +136,3 @@ class Capture:
                 end = getattr(sink, "end_batch", None)
                 if end is not None:
                     end()
-
-
-@contextlib.contextmanager
-def capturing(model: torch.nn.Module, adapter: Adapter, sinks: Sequence[Sink]) -> Iterator[Capture]:
-    with Capture(model, adapter, sinks) as cap:
-        yield cap
