@@ -1,10 +1,12 @@
 """Artifacts: the contract between the generator and the site. Written atomically, verified on read.
 
-Per model and experiment, a folder holds `*.vl.json` (Vega-Lite, data moved to `*.data.json`),
-`*.svg` (static render by vl-convert), `metrics.json`, `*.csv` tables, `provenance.json`
-(deterministic: what it was made from) and `run.json` (when and how long: the only file that
-differs between two identical runs). `manifest.json` at the top lists complete entries with the
-sha256 of every file; anything missing or different is reported and rebuilt, never rendered.
+Per model and experiment, a folder holds `result.json` (metrics, facts for the charts, notes,
+status), one `<table>.table.json` per table (rows), `provenance.json` (deterministic: what it was
+made from) and `run.json` (when and how long: the only file that differs between two identical
+runs). Charts are not stored here: the site draws them from the tables, so restyling a chart
+needs no recompute. `manifest.json` at the top lists complete entries with their compute key
+and the sha256 of every file; anything missing or different is reported and rebuilt, and never
+rendered.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from generator.errors import AtlasError
+from generator.fsutil import clean_temp, temp_dir_for, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +47,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def chart_files(name: str, chart: Any, provenance_line: str, usermeta: dict) -> dict[str, str]:
-    """Spec with its data split out to `<name>.data.json`, plus the static SVG."""
-    import vl_convert
-
-    spec = chart.to_dict()
-    datasets = spec.pop("datasets", {})
-    title = spec.get("title")
-    if isinstance(title, dict):
-        title["subtitle"] = [*title.get("subtitle", []), provenance_line]
-    spec["usermeta"] = usermeta
-    rows = _clean(next(iter(datasets.values()))) if datasets else []
-    url = f"{name}.data.json"
-    spec = _relink(spec, set(datasets), {"url": url})
-    inline = _relink(json.loads(json.dumps(spec)), {url}, {"values": rows})
-    svg = stable_ids(vl_convert.vegalite_to_svg(inline, allowed_base_urls=[]), name)
-    return {f"{name}.vl.json": dumps(spec), f"{name}.data.json": dumps(rows), f"{name}.svg": svg}
-
-
-def stable_ids(svg: str, prefix: str) -> str:
-    """vl-convert numbers gradients and clips with a process-wide counter: renumber per chart."""
-    seen: dict[str, str] = {}
-
-    def rename(m: re.Match) -> str:
-        return seen.setdefault(m.group(0), f"{prefix}-{m.group(1)}{len(seen)}")
-
-    return re.sub(r"\b(gradient|clip|pattern)_?(\d+)\b", rename, svg)
-
-
-def _relink(node: Any, names: set[str], data: dict) -> Any:
-    if isinstance(node, dict):
-        if node.keys() == {"name"} and node["name"] in names or (
-                node.keys() == {"url"} and node["url"] in names):
-            return dict(data)
-        return {k: _relink(v, names, data) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_relink(v, names, data) for v in node]
-    return node
-
-
 def table_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
@@ -113,6 +61,14 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _entries(raw: Any) -> dict[str, Any]:
+    """The well-formed entries of a manifest; anything else is dropped (and so rebuilt)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(v, dict) and isinstance(v.get("key"), str)
+            and isinstance(v.get("files"), dict)}
+
+
 class Store:
     """The artifact folder and its manifest of complete, hash-verified entries."""
 
@@ -122,8 +78,8 @@ class Store:
         self.manifest: dict[str, Any] = {}
         if self.manifest_path.is_file():
             try:
-                self.manifest = json.loads(self.manifest_path.read_text())
-            except json.JSONDecodeError:
+                self.manifest = _entries(json.loads(self.manifest_path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("manifest.json is corrupt; every entry will be rebuilt")
 
     def path(self, entry: str) -> Path:
@@ -135,46 +91,54 @@ class Store:
                              "use plain model names (letters, digits, '.', '_', '-')")
         return final
 
-    def valid(self, entry: str, key: str) -> tuple[bool, str]:
-        """(usable?, why not): the entry exists, has this key, and every file hashes right."""
+    def verify(self, entry: str) -> str | None:
+        """Why `entry` cannot be trusted (missing, or a file differs from its hash), or None."""
         meta = self.manifest.get(entry)
         if meta is None:
-            return False, "not built yet"
-        if meta.get("key") != key:
-            return False, "inputs changed"
+            return "not built yet"
         folder = self.path(entry)
         for name, digest in meta["files"].items():
             p = folder / name
             if not p.is_file():
-                return False, f"{entry}/{name} is missing"
+                return f"{entry}/{name} is missing"
             if hashlib.sha256(p.read_bytes()).hexdigest() != digest:
-                return False, f"{entry}/{name} does not match its recorded hash (corrupt or edited)"
-        return True, "cached"
+                return f"{entry}/{name} does not match its recorded hash (corrupt or edited)"
+        return None
+
+    def valid(self, entry: str, key: str) -> tuple[bool, str]:
+        """(usable?, why not): the entry exists, has this key, and every file hashes right."""
+        meta = self.manifest.get(entry)
+        if meta is not None and meta["key"] != key:
+            return False, "inputs changed"
+        why = self.verify(entry)
+        return (False, why) if why else (True, "cached")
 
     def put(self, entry: str, key: str, files: dict[str, str]) -> None:
         """Write a whole entry into a temp folder, swap it in, then record it in the manifest."""
         final = self.path(entry)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        tmp = temp_dir_for(final)
+        try:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         self.manifest[entry] = {"key": key, "files": {n: sha256_text(t) for n, t in files.items()
                                                       if n not in VOLATILE}}
         write_atomic(self.manifest_path, dumps(self.manifest))
 
-    def drop(self, entry: str) -> None:
-        if self.manifest.pop(entry, None) is not None:
-            write_atomic(self.manifest_path, dumps(self.manifest))
-
     def clean_temp(self) -> None:
-        """Remove half-written folders a killed run left behind (never trusted, never rendered)."""
-        if self.root.is_dir():
-            for p in self.root.glob("**/.*.tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
-            for p in self.root.glob("**/.*.old-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        """Remove half-written files and folders a killed run left behind (never trusted)."""
+        clean_temp(self.root)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """A bookkeeping file, or `default` when it is missing or torn (it is then rewritten)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return default

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from generator import adapters, experiments
-from generator.capture import Batch
-from generator.experiments import Context
+from generator import architectures
+from generator.capture.batch import Batch
+from generator.experiment import Context, registry
 from generator.suite import CaptureOptions
 
 
@@ -52,17 +52,17 @@ def note(text: str) -> None:
 def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 8,
                    options: CaptureOptions | None = None) -> list:
     """The text-mode reducers every default-suite experiment asks for."""
-    adapter = adapters.for_config(model.config)
+    adapter = architectures.for_config(model.config)
     ctx = Context("bench", adapter.n_blocks(model), int(model.config.hidden_size), 42,
                   {"text": seq_len, "repeat": 8, "singular": 1},
                   {"text": n_samples, "repeat": 1, "singular": 1}, None, model, adapter,
                   options or CaptureOptions(cov_every=cov_every),
-                  valid_tokens={"text": n_samples * seq_len})
+                  input_labels={"repeat": ["x"]}, valid_tokens={"text": n_samples * seq_len})
     out = []
-    for mod in experiments.registry().values():
-        p = mod.Params()
-        if mod.skip_reason(ctx, p) is None:
-            out += list(mod.needs(ctx, p).get("text", {}).values())
+    for exp in registry().values():
+        p = exp.params()
+        if exp.skip(ctx, p) is None:
+            out += list(exp.needs(ctx, p).get("text", {}).values())
     return out
 
 
@@ -70,7 +70,7 @@ class SeedStyle:
     """The paper's approach: every hooked output copied to the CPU, stacked after the forward."""
 
     def __init__(self, model: Any) -> None:
-        a = adapters.for_config(model.config)
+        a = architectures.for_config(model.config)
         self.mods = [a.module(model, n, i) for i in range(a.n_blocks(model))
                      for n in ("norm_attn", "attn", "norm_mlp", "mlp")] + [a.module(model, "norm_final")]
         self.kept: list[torch.Tensor] = []
@@ -106,7 +106,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     mask = torch.ones_like(ids, dtype=torch.bool)
     inputs = TokenInputs("text", ids, mask, batch_size)
     batches = list(inputs.batches())
-    adapter = adapters.for_config(model.config)
+    adapter = architectures.for_config(model.config)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def plain() -> None:
@@ -146,10 +146,10 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
 def pca_vs_sklearn(n: int = 100_000, d: int = 768) -> dict[str, float]:
     from sklearn.decomposition import PCA
 
-    from generator import pca
-    from generator.capture import State
-    from generator.points import Site
-    from generator.reducers import Covariance
+    from generator.analysis import pca
+    from generator.capture.batch import State
+    from generator.capture.sites import Site
+    from generator.reducers.covariance import Covariance
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((n, 64)) @ rng.standard_normal((64, d)) + rng.standard_normal((n, d))
@@ -177,17 +177,17 @@ def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
     exact one, for middle attn/MLP outputs (raw) and residuals (unit vectors); also the plain
     uniform sample on raw outputs, to show why stratification is the default there.
     """
-    from generator import pca
+    from generator.analysis import pca
+    from generator.capture.sites import COMPONENT_POINTS, RESIDUAL_POINTS, all_sites, middle_blocks
     from generator.executors import Local
     from generator.inputs import build_inputs
-    from generator.points import COMPONENT_POINTS, RESIDUAL_POINTS, all_sites, middle_blocks
-    from generator.reducers import Covariance
+    from generator.reducers.covariance import Covariance
     from generator.suite import Inputs
 
     model, tok = loaded.model, loaded.tokenizer
-    adapter = adapters.for_config(model.config)
+    adapter = architectures.for_config(model.config)
     n, d = adapter.n_blocks(model), int(model.config.hidden_size)
-    inputs = build_inputs("text", tok, Inputs(), 42, None, int(model.config.vocab_size))
+    inputs = build_inputs("text", tok, Inputs(), None, int(model.config.vocab_size))
     mids = middle_blocks(n)
     raw = [s for s in all_sites(n) if s.point in COMPONENT_POINTS and s.block in mids]
     resid = [s for s in all_sites(n) if s.point in RESIDUAL_POINTS]
@@ -238,7 +238,7 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4) -> None:
     reducers = suite_reducers(model, n_samples, seq_len)
     ids = torch.randint(0, 50257, (n_samples, seq_len))
     inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), batch)
-    Local(model, adapters.for_config(model.config), "cpu", CaptureOptions().shard_batches,
+    Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
           progress=False).capture(inputs, reducers, "rss")
     for r in reducers:
         r.arrays()

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return releases.main(load_suite(args.suite), Path(args.lock), args.update,
                                  args.endpoint, args.timeout)
         if args.command == "render":
-            from generator import render as rnd
+            from generator.site import render as rnd
 
             rnd.render(Path(args.artifacts), Path(args.docs))
             print(f"rendered {args.artifacts} into {args.docs}/")
@@ -90,14 +90,14 @@ def _execution_args(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from generator import runner
+    from generator import pipeline
     from generator.suite import load_suite
 
     if args.shards < 1:
         raise AtlasError("--shards", f"must be at least 1, got {args.shards}", "pass --shards 2")
     suite = load_suite(args.suite)
-    execution = runner.Execution(args.executor, args.shards, args.address, args.dtype)
-    summary = runner.run(suite, Path(args.out), args.models, args.device,
+    execution = pipeline.Execution(args.executor, args.shards, args.address, args.dtype)
+    summary = pipeline.run(suite, Path(args.out), args.models, args.device,
                          progress=not args.no_progress, execution=execution)
     print("\n".join(summary.lines()))
     return 1 if args.strict and summary.skipped else 0
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 def _site(args: argparse.Namespace) -> int:
     import time
 
-    from generator import render as rnd
+    from generator.site import render as rnd
 
     t0 = time.perf_counter()
     args.models, args.strict, args.no_progress = None, False, False

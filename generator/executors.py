@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from generator.capture import Capture
+from generator.capture.hooks import Capture
 from generator.errors import AtlasError
 from generator.inputs import TokenInputs
 from generator.models import ModelSpec
-from generator.reducers import Reducer, dump_states, from_config, load_states, merge_states
+from generator.reducers.base import Reducer
+from generator.reducers.states import dump_states, from_config, load_states, merge_states
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,13 @@ class ShardWorker:
     """A Ray actor: loads the model once, then reduces the shards it is sent."""
 
     def __init__(self, spec: dict[str, Any], device: str, threads: int) -> None:
-        from generator import adapters, models
+        from generator import architectures, models
         from generator.memory import reuse_freed_memory
 
         reuse_freed_memory()  # as the CLI does in the driver
         torch.set_num_threads(threads)
         self.loaded = models.load(ModelSpec(**spec), device)
-        self.adapter = adapters.for_config(self.loaded.model.config, self.loaded.spec.name)
+        self.adapter = architectures.for_config(self.loaded.model.config, self.loaded.spec.name)
         self.device = device
 
     def run(self, configs: list[dict[str, Any]], ids: Any, mask: Any, first: int,

@@ -145,6 +145,8 @@ class Experiment:
     """Tables shown on the page (all tables are stored and downloadable)."""
     skip: Callable[[Context, Any], str | None] = never
     """Why the experiment does not apply to a model (shown as "not applicable"), or None."""
+    module: str = ""
+    """The declaring module (set by the registry; the cache digests its compute path)."""
 
 
 PACKAGE = "generator.experiments"
@@ -192,7 +194,8 @@ def registry() -> dict[str, Experiment]:
         if exp.name in found:
             raise _problem(module, f"experiment name {exp.name!r} is already taken by "
                            f"{where[exp.name]}.py")
-        found[exp.name], where[exp.name] = exp, module.replace(".", "/")
+        found[exp.name] = dataclasses.replace(exp, module=module)
+        where[exp.name] = module.replace(".", "/")
     thresholds: dict[str, float] = {}
     for exp in found.values():
         for c in exp.claims:
@@ -200,15 +203,6 @@ def registry() -> dict[str, Experiment]:
                 raise _problem(f"{PACKAGE}.{exp.name}", f"claim threshold {c.threshold!r} has "
                                "a different default in another experiment")
     return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
-
-
-def module_of(name: str) -> str:
-    """The module that declares experiment `name` (for code digests)."""
-    for info in pkgutil.iter_modules(importlib.import_module(PACKAGE).__path__):
-        mod = importlib.import_module(f"{PACKAGE}.{info.name}")
-        if getattr(mod, "EXPERIMENT", None) is registry().get(name):
-            return mod.__name__
-    raise KeyError(name)
 
 
 def claim_defaults() -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Token inputs for the four modes of the paper: text windows, single tokens, repeats, random ids.
+"""Token inputs for the paper's three modes: text windows, single tokens, repeated tokens.
 
 Inputs are small (token ids only), so they are built up front; states are never materialized.
 The embedded corpus is Python's own bundled documentation (`pydoc_data.topics`): it ships with
@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from generator.capture import Batch
+from generator.capture.batch import Batch
 from generator.errors import InputError
+from generator.experiment import MODES
 from generator.suite import Inputs
-
-MODES = ("text", "repeat", "singular", "random")
 
 
 @dataclass
@@ -65,7 +63,7 @@ class TokenInputs:
                 "valid_tokens": int(self.mask.sum())}
 
 
-def build_inputs(mode: str, tokenizer: Any, cfg: Inputs, seed: int, max_len: int | None,
+def build_inputs(mode: str, tokenizer: Any, cfg: Inputs, max_len: int | None,
                  vocab_size: int) -> TokenInputs:
     if mode == "text":
         return text_inputs(tokenizer, cfg, max_len)
@@ -77,13 +75,6 @@ def build_inputs(mode: str, tokenizer: Any, cfg: Inputs, seed: int, max_len: int
         return TokenInputs("singular", ids, torch.ones_like(ids, dtype=torch.bool),
                            cfg.singular.batch_size, {"source": "vocabulary",
                                                      "first_ids": int(ids.shape[0])})
-    if mode == "random":
-        _check_len(cfg.seq_len, max_len, "inputs.seq_len")
-        gen = np.random.default_rng(seed)
-        ids = torch.from_numpy(gen.integers(0, vocab_size, (cfg.n_samples, cfg.seq_len)))
-        ids = _with_bos(ids[:, 1:], tokenizer) if _bos(tokenizer) is not None else ids
-        return TokenInputs("random", ids, torch.ones_like(ids, dtype=torch.bool), cfg.batch_size,
-                           {"source": "uniform random ids", "seed": seed})
     raise InputError(f"mode {mode!r}", "unknown input mode", f"use one of {', '.join(MODES)}")
 
 

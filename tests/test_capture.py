@@ -2,10 +2,11 @@ import pytest
 import torch
 from helpers import tiny_gpt2, tiny_llama
 
-from generator import adapters
-from generator.capture import Batch, Capture
+from generator import architectures as adapters
+from generator.capture.batch import Batch
+from generator.capture.hooks import Capture
+from generator.capture.sites import ALL_POINTS, all_sites
 from generator.errors import CaptureError, ModelLoadError
-from generator.points import ALL_POINTS, all_sites
 
 
 class Recorder:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_gpt2, tiny_llama
 
-from generator import adapters
+from generator import architectures as adapters
 from generator.bench import suite_reducers
 from generator.executors import Local
 from generator.inputs import TokenInputs

@@ -7,22 +7,17 @@ import numpy as np
 import pytest
 from helpers import padded_ids, tiny_llama, write_suite
 
-from generator import adapters
+from generator import architectures as adapters
+from generator.capture.sites import all_sites
 from generator.executors import FAULT_DIR, Local, capture_shard
 from generator.inputs import TokenInputs
-from generator.points import all_sites
-from generator.reducers import (
-    Covariance,
-    MeanState,
-    NormStats,
-    Reservoir,
-    SampleNorms,
-    dump_states,
-    load_states,
-    merge_states,
-    save_states,
-)
-from generator.runner import Execution, run
+from generator.pipeline import Execution, run
+from generator.reducers.covariance import Covariance
+from generator.reducers.means import MeanState
+from generator.reducers.norms import NormStats
+from generator.reducers.reservoir import Reservoir
+from generator.reducers.sample_norms import SampleNorms
+from generator.reducers.states import dump_states, load_states, merge_states, save_states
 from generator.suite import load_suite
 
 

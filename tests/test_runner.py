@@ -1,5 +1,4 @@
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -7,10 +6,11 @@ from pathlib import Path
 import pytest
 from helpers import write_suite
 
-from generator import runner
+from generator import pipeline as runner
+from generator.experiment import registry
 from generator.suite import load_suite
 
-ALL = {"norms", "attn_vs_mlp", "layerwise", "positions", "pos_embed", "repeat", "vocab"}
+ALL = set(registry())
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -32,40 +32,48 @@ def built(tiny_folders, tmp_path_factory):
 def test_every_experiment_writes_artifacts_on_both_architectures(built):
     root, _, summary = built
     assert {e.split("/")[1] for e in summary.generated if e.startswith("tiny-gpt2")} == ALL
-    assert summary.skipped["tiny-llama/pos_embed"].startswith("tiny-llama uses rotary")
-    assert "not built yet" not in summary.skipped.get("offline", "")
+    assert summary.not_applicable["tiny-llama/pos_embed"].startswith("tiny-llama uses rotary")
+    assert "tiny-llama/pos_embed" not in summary.skipped
     assert "hub" in summary.skipped["offline"]
     status = json.loads((root / "a/offline/status.json").read_text())
     assert status["status"] == "skipped" and "fix:" in status["reason"]
-    for exp in ALL:
-        folder = root / "a/tiny-gpt2" / exp
+    for name, exp in registry().items():
+        folder = root / "a/tiny-gpt2" / name
         prov = json.loads((folder / "provenance.json").read_text())
         assert prov["model"]["sha256"] and prov["versions"]["torch"] and prov["seed"] == 7
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert metrics and all(isinstance(m["value"], float | int) and math.isfinite(m["value"])
-                               and m["meaning"] for m in metrics.values()), exp
-        assert prov["charts"], exp
-        for c in prov["charts"]:
-            assert (folder / f"{c}.svg").read_text().lstrip().startswith("<svg"), c
-            if '"circle"' in (folder / f"{c}.vl.json").read_text():  # scatters respect the cap
-                rows = json.loads((folder / f"{c}.data.json").read_text())
-                assert len(rows) <= 100, (exp, c, len(rows))
+        result = json.loads((folder / "result.json").read_text())
+        assert result["status"] == "ok" and set(result["metrics"]) == set(exp.metrics), name
+        for t in result["tables"]:
+            assert isinstance(json.loads((folder / f"{t}.table.json").read_text()), list)
+    na = json.loads((root / "a/tiny-llama/pos_embed/result.json").read_text())
+    assert na["status"] == "not_applicable" and "rotary" in na["notes"][0]
 
 
-def test_chart_specs_are_valid_vega_lite_and_carry_provenance(built):
+def test_charts_are_drawn_from_stored_results_as_valid_vega_lite(built):
     import jsonschema
     from altair.vegalite.v6.schema import load_schema
 
+    from generator.experiment import ChartView
+    from generator.site.chart_files import chart_files
+    from generator.site.findings import load_build
+
     validator = jsonschema.Draft7Validator(load_schema())
-    root = built[0]
-    specs = sorted((root / "a/tiny-gpt2").rglob("*.vl.json"))
-    assert len(specs) >= 15
-    for p in specs:
-        spec = json.loads(p.read_text())
-        spec["data"] = {"values": json.loads(p.with_name(p.name.replace(".vl.", ".data.")).read_text())}
-        validator.validate(spec)
-        assert spec["usermeta"]["provenance"]["model"]["model"] == "tiny-gpt2"
-        assert "seed 7" in spec["title"]["subtitle"][-1]
+    model = next(m for m in load_build(built[0] / "a")["models"] if m.name == "tiny-gpt2")
+    n = 0
+    for name, exp in registry().items():
+        for cname, chart in exp.charts(model.experiments[name].result,
+                                       ChartView("tiny-gpt2", 7, 100)).items():
+            files = chart_files(cname, chart, "tiny-gpt2 · seed 7", {"provenance": {}})
+            spec = json.loads(files[f"{cname}.vl.json"])
+            rows = json.loads(files[f"{cname}.data.json"])
+            spec["data"] = {"values": rows}
+            validator.validate(spec)
+            assert "seed 7" in spec["title"]["subtitle"][-1]
+            assert files[f"{cname}.svg"].lstrip().startswith("<svg"), cname
+            if '"circle"' in files[f"{cname}.vl.json"]:  # scatters respect the cap
+                assert len(rows) <= 100, (name, cname, len(rows))
+            n += 1
+    assert n >= 15
 
 
 def test_rerun_is_byte_identical_and_cached_run_does_no_forward(built, tmp_path):
@@ -86,12 +94,12 @@ def test_param_change_reruns_one_experiment_and_tampering_is_rebuilt(built, tmp_
     changed.write_text(suite.read_text() + "\n[experiments.norms]\nmiddle_fraction = 0.4\n")
     s = runner.run(load_suite(changed), tmp_path / "c", progress=False)
     assert sorted(s.generated) == ["tiny-gpt2/norms", "tiny-llama/norms"]
-    target = tmp_path / "c/tiny-gpt2/layerwise/metrics.json"
+    target = tmp_path / "c/tiny-gpt2/layerwise/result.json"
     target.write_text(target.read_text().replace("0", "1", 1))
     s = runner.run(load_suite(changed), tmp_path / "c", progress=False)
     assert s.generated == ["tiny-gpt2/layerwise"]
     assert "does not match its recorded hash" in s.rebuilt["tiny-gpt2/layerwise"]
-    assert target.read_bytes() == (root / "a/tiny-gpt2/layerwise/metrics.json").read_bytes()
+    assert target.read_bytes() == (root / "a/tiny-gpt2/layerwise/result.json").read_bytes()
 
 
 def test_sigkill_mid_run_then_rerun_gives_identical_artifacts(built, tmp_path):
@@ -126,12 +134,17 @@ def test_cli_errors_print_without_traceback_and_strict_fails_on_skips(built, tmp
 
 
 def test_a_failing_experiment_is_skipped_with_its_reason_and_the_rest_is_built(built, tmp_path, monkeypatch):
-    from generator.experiments import vocab
+    import dataclasses
+
+    from generator import experiment
 
     def broken(*_args):
         raise ValueError("boom")
 
-    monkeypatch.setattr(vocab, "build", broken)
+    experiments = dict(registry())
+    experiments["vocab"] = dataclasses.replace(experiments["vocab"], compute=broken)
+    monkeypatch.setattr(experiment, "registry", lambda: experiments)
+    monkeypatch.setattr(runner, "registry", lambda: experiments)
     s = runner.run(load_suite(built[1]), tmp_path / "f", only=["tiny-gpt2"], progress=False)
     assert "boom" in s.skipped["tiny-gpt2/vocab"] and "please report" in s.skipped["tiny-gpt2/vocab"]
     assert len(s.generated) == len(ALL) - 1
@@ -139,18 +152,21 @@ def test_a_failing_experiment_is_skipped_with_its_reason_and_the_rest_is_built(b
     assert "tiny-gpt2/vocab" in again.skipped  # never cached: retried on the next run
 
 
-def test_claims_judge_gpt2_periodicity_but_call_it_not_applicable_on_rotary_models(built):
-    from generator.findings import claims_for, load_build
+def test_claims_follow_the_measurement_and_are_not_applicable_only_where_the_page_is(built):
+    from generator.site.findings import claims_for, load_build
 
     build = load_build(built[0] / "a")
     thresholds = build["summary"]["claims"]
-    by_model = {m["name"]: {c["text"].split(" (")[0]: c for c in claims_for(m, thresholds)}
+    by_model = {m.name: {c["text"].split(" (")[0]: c for c in claims_for(m, thresholds)}
                 for m in build["models"]}
     gpt2, llama = by_model["tiny-gpt2"], by_model["tiny-llama"]
     assert gpt2["learned position components are periodic"]["verdict"] in ("holds", "does not hold")
     na = llama["learned position components are periodic"]
     assert na["verdict"] == "n/a" and "rotary" in na["why"]
-    assert llama["residual position components are periodic"]["verdict"] == "n/a"
-    assert llama["attention and MLP outputs are linearly separable above 0.9 in middle blocks"][
-        "verdict"] in ("holds", "does not hold")
-    assert "offline" not in by_model or not by_model["offline"]
+    # measured on every model: the verdict must come from the number, rotary or not
+    residual = llama["residual position components are periodic"]
+    assert residual["verdict"] in ("holds", "does not hold")
+    measured = json.loads((built[0] / "a/tiny-llama/positions/result.json").read_text())
+    value = measured["metrics"]["raw_periodicity"]
+    assert (residual["verdict"] == "holds") == (value >= thresholds["position_periodicity_min"])
+    assert not by_model["offline"]

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from generator import adapters, experiments, runner
+from generator import architectures, pipeline
 from generator.artifacts import Store
+from generator.experiment import registry
 from generator.suite import CaptureOptions, Inputs, Suite
 
 pytestmark = pytest.mark.slow
@@ -14,50 +15,51 @@ pytestmark = pytest.mark.slow
 def results(smollm2, tmp_path_factory):
     suite = Suite(seed=42, inputs=Inputs(n_samples=6, seq_len=64, batch_size=6),
                   capture=CaptureOptions(points_per_site=60), path="test")
-    params = {n: experiments.registry()[n].Params() for n in ("norms", "attn_vs_mlp")}
+    params = {n: registry()[n].params() for n in ("norms", "attn_vs_mlp")}
     out = tmp_path_factory.mktemp("smol")
-    summary = runner.Summary()
-    runner.run_loaded(suite, smollm2, params, {n: n for n in params}, Store(out), summary,
-                      progress=False)
+    summary = pipeline.Summary()
+    pipeline.run_loaded(suite, smollm2, params, {n: n for n in params}, Store(out), summary,
+                        progress=False)
     return out, summary
 
 
 def test_smollm2_is_the_llama_architecture_with_30_blocks(smollm2):
     cfg = smollm2.model.config
     assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
-    assert adapters.for_config(cfg).family == "llama"
+    assert architectures.for_config(cfg).name == "llama"
 
 
 def test_position_zero_norm_dominates_in_middle_blocks(results):
     import json
 
     out, _ = results
-    m = json.loads((out / "smollm2-135m/norms/metrics.json").read_text())
-    assert m["pos0_norm_ratio"]["value"] > 20  # measured ~96x on 16 x 128 tokens
+    m = json.loads((out / "smollm2-135m/norms/result.json").read_text())["metrics"]
+    assert m["pos0_norm_ratio"] > 20  # measured ~96x on 16 x 128 tokens
 
 
 def test_attention_and_mlp_outputs_are_separable_in_middle_blocks(results):
     import json
 
     out, _ = results
-    m = json.loads((out / "smollm2-135m/attn_vs_mlp/metrics.json").read_text())
-    assert m["attn_mlp_separability"]["value"] > 0.9
-    assert 0 < m["umap_trustworthiness"]["value"] <= 1
+    m = json.loads((out / "smollm2-135m/attn_vs_mlp/result.json").read_text())["metrics"]
+    assert m["attn_mlp_separability"] > 0.9
+    assert 0 < m["umap_trustworthiness"] <= 1
 
 
 def test_capture_on_short_text_checks_every_block(smollm2):
     import torch
 
-    from generator.capture import Batch, Capture
-    from generator.points import all_sites, middle_blocks
-    from generator.reducers import NormStats
+    from generator.capture.batch import Batch
+    from generator.capture.hooks import Capture
+    from generator.capture.sites import all_sites, middle_blocks
+    from generator.reducers.norms import NormStats
 
     ids = torch.tensor([smollm2.tokenizer.encode("The cat sat on the mat and looked at the door.")])
     ns = NormStats(all_sites(30), ids.shape[1])
-    cap = Capture(smollm2.model, adapters.for_config(smollm2.model.config), [ns])
+    cap = Capture(smollm2.model, architectures.for_config(smollm2.model.config), [ns])
     with cap:
         cap.run(Batch(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(1)))
     assert cap.checks == 30
     mids = middle_blocks(30)
-    pos = np.array([ns.state["mean_pos"][ns.index[("resid_mlp", b)]] for b in mids])
+    pos = np.array([ns.mean_pos()[ns.index[("resid_mlp", b)]] for b in mids])
     assert np.median(pos[:, 0] / np.median(pos[:, 1:], axis=1)) > 20

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from generator.errors import SuiteError
-from generator.runner import experiment_params
+from generator.pipeline import experiment_params
 from generator.suite import load_suite
 
 

@@ -1,16 +1,25 @@
 """Shared by `positions` and `pos_embed`: PCA of one vector per position, with frequencies.
 
 Each component's dominant frequency over position is what makes a helix a helix: components
-that oscillate.
+that oscillate. `analyse` is the compute part (numbers and tables into a `Result`, every
+position kept); `charts` draws them again from the stored tables alone, thinning the rows it
+draws to the view's cap.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import Any
 
-from generator import charts, pca
-from generator.experiments import Output
+import numpy as np
+
+from generator import charts as ch
+from generator.analysis import pca
+from generator.experiment import ChartView, Result
+
+METRIC_COMPONENTS = 6
+"""Components that get their own `*_evr_pcN` / `*_cycles_pcN` metrics (the table keeps all)."""
+PERIODICITY_COMPONENTS = 4
+"""Components averaged into `*_periodicity`."""
 
 
 def dominant_frequency(curve: np.ndarray) -> tuple[float, float]:
@@ -23,41 +32,65 @@ def dominant_frequency(curve: np.ndarray) -> tuple[float, float]:
     return float(k), float(power[k] / power[1:].sum())
 
 
-def analyse(vectors: np.ndarray, positions: np.ndarray, k: int, label: str, out: Output,
-            prefix: str, subtitle: list[str], cap: int, seed: int) -> None:
-    """Fit PCA, chart component pairs and curves, record EVR and frequency per component.
+def metric_meanings(prefix: str, what: str) -> dict[str, str]:
+    """What `analyse(..., prefix)` can put in `metrics`, with its meaning (for `Experiment.metrics`)."""
+    out: dict[str, str] = {}
+    for i in range(1, METRIC_COMPONENTS + 1):
+        out[f"{prefix}_evr_pc{i}"] = f"variance of the {what} explained by component {i}"
+        out[f"{prefix}_cycles_pc{i}"] = (f"dominant frequency of component {i} of the {what} "
+                                         "over position, in cycles over the positions analysed")
+    out[f"{prefix}_periodicity"] = (
+        f"mean share of spectral power at the dominant frequency, first "
+        f"{PERIODICITY_COMPONENTS} components of the {what} (1 = pure sinusoid, near 0 = no "
+        "periodic structure)")
+    return out
 
-    PCA and frequencies use every position; the pair scatter draws at most `cap` of them.
+
+def analyse(into: Result, prefix: str, vectors: np.ndarray, positions: np.ndarray,
+            k: int) -> None:
+    """Fit PCA on one vector per position; record EVR and frequency per component into `into`.
+
+    Tables: `{prefix}_components` (one row per component) and `{prefix}_by_position` (every
+    position projected on the components: what the charts draw).
     """
+    vectors = np.asarray(vectors, np.float64)
     k = min(k, vectors.shape[0] - 1, vectors.shape[1])
     fit = pca.fit(vectors, k)
     xy = fit.transform(vectors)
-    df = pd.DataFrame({f"pc{i + 1}": xy[:, i] for i in range(k)})
-    df["position"] = positions
     rows = []
     for i in range(k):
         cycles, share = dominant_frequency(xy[:, i])
-        rows.append({"component": i + 1, "explained_variance_ratio":
-                     float(fit.explained_variance_ratio[i]), "dominant_cycles": cycles,
+        evr = float(fit.explained_variance_ratio[i])
+        rows.append({"component": i + 1, "explained_variance_ratio": evr,
+                     "dominant_cycles": cycles,
                      "period_tokens": float(len(positions) / cycles) if cycles else float("nan"),
                      "power_share": share})
-        out.metrics[f"{prefix}_evr_pc{i + 1}"] = (float(fit.explained_variance_ratio[i]),
-                                                  f"variance explained by component {i + 1}")
-        out.metrics[f"{prefix}_cycles_pc{i + 1}"] = (
-            cycles, f"dominant frequency of component {i + 1} over position, in cycles over "
-                    f"the {len(positions)} positions")
-    out.metrics[f"{prefix}_periodicity"] = (
-        float(np.mean([r["power_share"] for r in rows[:4]])),
-        "mean share of spectral power at the dominant frequency, first 4 components "
-        "(1 = pure sinusoid, near 0 = no periodic structure)")
-    out.tables[f"{prefix}_components"] = rows
-    shown = charts.spread_rows(len(df), cap, seed)
-    out.charts[f"{prefix}_pairs"] = charts.titled(
-        charts.component_pairs(df.iloc[shown], k - k % 2),
-        f"{label}: component pairs colored by position",
-        [*subtitle, charts.shown_line(len(shown), len(df))])
-    curves = df.melt(id_vars=["position"], var_name="component", value_name="value")
-    out.charts[f"{prefix}_curves"] = charts.titled(
-        charts.line(curves, "position:Q", "value:Q", color="component",
+        if i < METRIC_COMPONENTS:
+            into.metrics[f"{prefix}_evr_pc{i + 1}"] = evr
+            into.metrics[f"{prefix}_cycles_pc{i + 1}"] = cycles
+    into.metrics[f"{prefix}_periodicity"] = float(
+        np.mean([r["power_share"] for r in rows[:PERIODICITY_COMPONENTS]]))
+    into.tables[f"{prefix}_components"] = rows
+    into.tables[f"{prefix}_by_position"] = [
+        {"position": int(pos), **{f"pc{i + 1}": float(xy[j, i]) for i in range(k)}}
+        for j, pos in enumerate(positions)]
+
+
+def charts(r: Result, view: ChartView, prefix: str, label: str,
+           subtitle: list[str]) -> dict[str, Any]:
+    """`{prefix}_pairs` and `{prefix}_curves` from the stored `{prefix}_by_position` table."""
+    df = r.frame(f"{prefix}_by_position")
+    k = sum(1 for c in df.columns if c.startswith("pc"))
+    shown = ch.spread_rows(len(df), view.max_chart_points, view.seed)
+    drawn = df.iloc[shown]
+    points = ch.shown_line(len(shown), len(df))
+    curves = drawn.melt(id_vars=["position"], var_name="component", value_name="value")
+    return {
+        f"{prefix}_pairs": ch.titled(
+            ch.component_pairs(drawn, k - k % 2),
+            f"{label}: component pairs colored by position", [*subtitle, points]),
+        f"{prefix}_curves": ch.titled(
+            ch.line(curves, "position:Q", "value:Q", color="component",
                     tooltip=["position", "component", "value"]),
-        f"{label}: each component over position", subtitle)
+            f"{label}: each component over position", [*subtitle, points]),
+    }

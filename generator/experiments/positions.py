@@ -5,61 +5,102 @@ blocks, then PCA with 6 components is fitted on these per-position means (positi
 its norm would dominate). Pairs of components are drawn colored by position. On GPT-2 the pairs
 trace a helix; LLaMA-family models show their own smooth sequence-wise pattern. The numbers: the
 variance each component explains and its dominant frequency over position (FFT), with the share
-of power at that frequency, which is what makes a helix a helix.
+of power at that frequency, which is what makes a helix a helix. The same analysis is repeated on
+the per-position means scaled to unit length ("unit"), which removes how the norm varies with
+position and keeps only the direction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from generator.experiments import Context, Needs, Output, periodic
-from generator.points import Site, all_sites, middle_blocks
-from generator.reducers import MeanState
+from generator.analysis import periodic
+from generator.analysis.pca import unit
+from generator.capture.sites import middle_sites
+from generator.experiment import (
+    ChartView,
+    Claim,
+    Context,
+    Experiment,
+    Headline,
+    MiddleParams,
+    Needs,
+    Result,
+)
 
-NAME = "positions"
-TITLE = "Sequence-position geometry"
+if TYPE_CHECKING:
+    from generator.reducers.means import MeanState
+
+MIN_SEQ_LEN = 8
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(MiddleParams):
     components: int = 6
-    point: str = "resid_mlp"
-    middle_fraction: float = 0.6
+    """Principal components fitted on the per-position means."""
     skip_first: bool = True
+    """Leave position 0 out (its norm would dominate the fit)."""
 
 
-def skip_reason(ctx: Context, p: Params) -> str | None:
-    if ctx.seq_len["text"] < 8:
+def skip(ctx: Context, p: Params) -> str | None:
+    if ctx.seq_len["text"] < MIN_SEQ_LEN:
         return f"sequences of {ctx.seq_len['text']} tokens are too short for position geometry"
     return None
 
 
-def _sites(ctx: Context, p: Params) -> list[Site]:
-    mids = middle_blocks(ctx.n_blocks, p.middle_fraction)
-    return [s for s in all_sites(ctx.n_blocks) if s.point == p.point and s.block in mids]
-
-
 def needs(ctx: Context, p: Params) -> Needs:
-    return {"text": {"mean": MeanState(_sites(ctx, p), ctx.d_model, keep=("position",),
+    from generator.reducers.means import MeanState
+
+    return {"text": {"mean": MeanState(middle_sites(ctx.n_blocks, p.point, p.middle_fraction),
+                                       ctx.d_model, keep=("position",),
                                        seq_len=ctx.seq_len["text"])}}
 
 
-def build(ctx: Context, p: Params, stats: Needs) -> Output:
-    ms: MeanState = stats["text"]["mean"]  # type: ignore[assignment]
+def compute(ctx: Context, p: Params, stats: Needs) -> Result:
+    ms: MeanState = stats["text"]["mean"]
     means, counts = ms.means()
     first = int(p.skip_first)
     m, c = means[0, 0, first:], counts[0, 0, first:]
     ok = c > 0
     positions = np.arange(first, first + len(c))[ok]
-    out = Output()
     blocks = sorted({s.block for s in ms.sites})
-    sub = [f"mean of {p.point} over samples and blocks {blocks[0]}-{blocks[-1]}, "
-           f"positions {positions[0]}-{positions[-1]}"]
-    periodic.analyse(m[ok], positions, p.components, "Mean residual per position", out,
-                     "raw", sub, ctx.capture.max_chart_points, ctx.seed)
-    periodic.analyse(m[ok] / np.linalg.norm(m[ok], axis=1, keepdims=True), positions,
-                     p.components, "Unit mean residual per position", out, "unit", sub,
-                     ctx.capture.max_chart_points, ctx.seed)
-    return out
+    r = Result(facts={"point": p.point, "middle_blocks": [blocks[0], blocks[-1]],
+                      "positions": [int(positions[0]), int(positions[-1])]})
+    periodic.analyse(r, "raw", m[ok], positions, p.components)
+    periodic.analyse(r, "unit", unit(m[ok]), positions, p.components)
+    return r
+
+
+def charts(r: Result, view: ChartView) -> dict[str, object]:
+    first, last = r.facts["middle_blocks"]
+    p0, p1 = r.facts["positions"]
+    sub = [f"mean of {r.facts['point']} over samples and blocks {first}-{last}, "
+           f"positions {p0}-{p1}"]
+    return {**periodic.charts(r, view, "raw", "Mean residual per position", sub),
+            **periodic.charts(r, view, "unit", "Unit mean residual per position", sub)}
+
+
+EXPERIMENT = Experiment(
+    name="positions",
+    title="Sequence-position geometry",
+    doc=__doc__,
+    order=40,
+    modes=("text",),
+    params=Params,
+    needs=needs,
+    compute=compute,
+    charts=charts,
+    metrics={**periodic.metric_meanings("raw", "per-position mean residual"),
+             **periodic.metric_meanings("unit", "per-position mean residual scaled to unit "
+                                                "length")},
+    headlines=(Headline("raw_evr_pc1", "position PC1 variance"),
+               Headline("raw_cycles_pc1", "position PC1 cycles"),
+               Headline("raw_periodicity", "position periodicity")),
+    claims=(Claim("raw_periodicity", "position_periodicity_min", 0.5,
+                  "residual position components are periodic (power share above {t})"),),
+    tables=("raw_components", "unit_components"),
+    skip=skip,
+)

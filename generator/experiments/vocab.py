@@ -8,61 +8,88 @@ shows how the first-position effect varies with the token itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from generator import charts
-from generator.experiments import Context, Needs, Output
-from generator.points import all_sites, middle_blocks
-from generator.reducers import SampleNorms
+from generator import charts as ch
+from generator.capture.sites import middle_blocks, middle_sites
+from generator.experiment import ChartView, Context, Experiment, MiddleParams, Needs, Result
 
-NAME = "vocab"
-TITLE = "Single tokens across the vocabulary"
+if TYPE_CHECKING:
+    from generator.reducers.sample_norms import SampleNorms
 
 
 @dataclass(frozen=True)
-class Params:
-    point: str = "resid_mlp"
-    middle_fraction: float = 0.6
+class Params(MiddleParams):
     top: int = 20
+    """Tokens listed in each of the highest- and lowest-norm tables."""
     bins: int = 60
-
-
-def skip_reason(ctx: Context, p: Params) -> str | None:
-    return None
+    """Bins of the norm histogram (log10 scale)."""
 
 
 def needs(ctx: Context, p: Params) -> Needs:
-    mids = middle_blocks(ctx.n_blocks, p.middle_fraction)
-    sites = [s for s in all_sites(ctx.n_blocks) if s.point == p.point and s.block in mids]
+    from generator.reducers.sample_norms import SampleNorms
+
+    sites = middle_sites(ctx.n_blocks, p.point, p.middle_fraction)
     return {"singular": {"norms": SampleNorms(sites, ctx.n_samples["singular"], 1)}}
 
 
-def build(ctx: Context, p: Params, stats: Needs) -> Output:
-    norms = stats["singular"]["norms"].means()[:, 0]  # type: ignore[attr-defined]
-    logn = np.log10(np.maximum(norms, 1e-12))
-    counts, edges = np.histogram(logn, bins=p.bins)
-    hist = pd.DataFrame({"log10_norm": (edges[:-1] + edges[1:]) / 2, "tokens": counts})
-    out = Output()
-    out.charts["norm_histogram"] = charts.titled(
-        charts.bars(hist, "log10_norm:Q", "tokens:Q", "log10 mean middle-block norm",
-                    "tokens"),
-        "Mean middle-block norm of every token run alone",
-        [f"{len(norms):,} token ids"])
+def compute(ctx: Context, p: Params, stats: Needs) -> Result:
+    sn: SampleNorms = stats["singular"]["norms"]
+    all_norms = sn.means()[:, 0]  # sample i is token id i, run alone
+    ids = np.flatnonzero(np.isfinite(all_norms))  # ids that were run
+    norms = all_norms[ids]
+    counts, edges = np.histogram(np.log10(np.maximum(norms, 1e-12)), bins=p.bins)
+    hist = [{"log10_norm": float((a + b) / 2), "tokens": int(c)}
+            for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
     order = np.argsort(norms, kind="stable")
 
-    def rows(ids: np.ndarray) -> list[dict]:
-        return [{"token_id": int(i), "token": ctx.token_text([i])[0], "mean_norm": float(norms[i])}
-                for i in ids]
+    def rows(picked: np.ndarray) -> list[dict]:
+        texts = ctx.token_text(ids[picked])
+        return [{"token_id": int(ids[i]), "token": text, "mean_norm": float(norms[i])}
+                for i, text in zip(picked, texts, strict=True)]
 
-    out.tables["highest_norm_tokens"] = rows(order[::-1][: p.top])
-    out.tables["lowest_norm_tokens"] = rows(order[: p.top])
     med = float(np.median(norms))
-    out.metrics = {
-        "vocab_norm_median": (med, "median over tokens of the mean middle-block norm"),
-        "vocab_norm_max_over_median": (float(norms.max() / med), "largest token norm over median"),
-        "vocab_norm_min_over_median": (float(norms.min() / med), "smallest token norm over median"),
-        "vocab_tokens": (float(len(norms)), "token ids run"),
+    mids = middle_blocks(ctx.n_blocks, p.middle_fraction)
+    return Result(
+        metrics={"vocab_norm_median": med,
+                 "vocab_norm_max_over_median": float(norms.max() / med),
+                 "vocab_norm_min_over_median": float(norms.min() / med),
+                 "vocab_tokens": float(len(norms))},
+        tables={"highest_norm_tokens": rows(order[::-1][: p.top]),
+                "lowest_norm_tokens": rows(order[: p.top]),
+                "norm_histogram": hist},
+        facts={"tokens": len(norms), "point": p.point, "middle_blocks": [mids[0], mids[-1]]},
+        notes=[] if len(ids) == len(all_norms) else
+        [f"{len(all_norms) - len(ids):,} token ids were not run and are left out"])
+
+
+def charts(r: Result, view: ChartView) -> dict[str, object]:
+    return {
+        "norm_histogram": ch.titled(
+            ch.bars(r.frame("norm_histogram"), "log10_norm:Q", "tokens:Q",
+                    "log10 mean middle-block norm", "tokens"),
+            "Mean middle-block norm of every token run alone",
+            [f"{r.facts['tokens']:,} token ids"]),
     }
-    return out
+
+
+EXPERIMENT = Experiment(
+    name="vocab",
+    title="Single tokens across the vocabulary",
+    doc=__doc__,
+    order=70,
+    modes=("singular",),
+    params=Params,
+    needs=needs,
+    compute=compute,
+    charts=charts,
+    metrics={
+        "vocab_norm_median": "median over tokens of the mean middle-block norm",
+        "vocab_norm_max_over_median": "largest token norm over median",
+        "vocab_norm_min_over_median": "smallest token norm over median",
+        "vocab_tokens": "token ids run",
+    },
+    tables=("highest_norm_tokens", "lowest_norm_tokens"),
+)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 
-from generator.capture.hashing import token_hash
 from generator.capture.batch import State
+from generator.capture.hashing import token_hash
 from generator.capture.sites import Site
 from generator.reducers.base import Reducer, _np
 

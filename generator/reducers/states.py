@@ -29,7 +29,8 @@ def kinds() -> dict[str, type[Reducer]]:
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Reducer) and "kind" in vars(obj) \
+            if isinstance(obj, type) and issubclass(obj, Reducer) and obj is not Reducer \
+                    and "kind" in vars(obj) \
                     and obj.__module__ == module.__name__:
                 found[obj.kind] = obj
     return found

@@ -1,14 +1,14 @@
-"""Artifacts → Markdown pages in docs/ (Jinja, autoescaped) → `mkdocs build` → site/.
+"""Artifacts → charts and Markdown pages in docs/ (Jinja, escaped) → `mkdocs build` → site/.
 
-Reads only the artifact files: it never imports torch. Both docs/ and site/ are built in a
-temporary folder and swapped in whole, so a failed build never leaves a half-rendered site.
+Reads only the artifact files and the experiment declarations: it never imports torch. Charts
+are drawn here from the stored tables, so a chart or template change needs no recompute. Both
+docs/ and site/ are built in a temporary folder and swapped in whole, so a failed build never
+leaves a half-rendered site.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,12 +19,17 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from generator import history
+from generator import architectures
+from generator.artifacts import table_csv
+from generator.capture.sites import POINT_MEANING
 from generator.errors import AtlasError
-from generator.findings import HEADLINES, ORDER, claims_for, fmt, headline_values, load_build
-from generator.points import POINT_MEANING
+from generator.experiment import ChartView, Experiment, registry
+from generator.fsutil import swap_in, temp_dir_for
+from generator.site import history
+from generator.site.chart_files import chart_files
+from generator.site.findings import claims_for, fmt, headline_values, headlines, load_build
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 TEMPLATES = ROOT / "templates"
 SCATTER_CANVAS = 5000  # svg up to ~5k points, canvas beyond (see NOTES.md timings)
 
@@ -54,92 +59,99 @@ def environment() -> jinja2.Environment:
 
 
 def render(artifacts: Path, docs: Path) -> None:
+    """Write every page of the site into `docs`, swapped in whole (a failure leaves docs as it was)."""
     build = load_build(artifacts)
-    env = environment()
-    tmp = Path(tempfile.mkdtemp(dir=docs.parent if docs.parent.exists() else None,
-                                prefix=f".{docs.name}.tmp-"))
+    tmp = temp_dir_for(Path(docs).resolve())
     try:
-        _write_pages(build, env, tmp, artifacts)
-        _swap(tmp, docs)
+        _write_pages(build, environment(), tmp, artifacts)
+        swap_in(tmp, Path(docs).resolve())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, artifacts: Path) -> None:
     summary, models = build["summary"], build["models"]
-    thresholds = summary["claims"]
+    thresholds = summary.get("claims", {})
     all_claims = [c for m in models for c in claims_for(m, thresholds)]
+    heads = headlines()
     headline_rows = []
     for m in models:
         values = headline_values(m)
-        headline_rows.append({"model": m["name"],
-                              "cells": [fmt(values.get(label)) for _, _, label in HEADLINES]})
+        headline_rows.append({"model": m.name, "cells": [fmt(values.get(h["label"])) for h in heads]})
     pages = {"index.md": env.get_template("index.md.j2").render(
         title=summary.get("title", "latent-atlas"), models=models, artifacts=str(artifacts),
-        headlines=[{"page": e, "label": label} for e, _, label in HEADLINES],
-        headline_rows=headline_rows, claims=all_claims)}
-    titles = {}
-    for exp in ORDER:
-        sections, doc, title = [], "", exp
-        for m in models:
-            e = m["experiments"].get(exp)
-            if e is None:
-                sections.append({"model": m["name"], "status": "skipped", "provenance": "",
-                                 "reason": m["reason"] or "not built in this run"})
-                continue
-            prov = e["prov"]
-            doc, title = prov.get("doc", ""), prov.get("title", exp)
-            sections.append(_section(m, exp, e, out, [c for c in all_claims
-                                                      if c["model"] == m["name"] and c["exp"] == exp]))
-        titles[exp] = title
-        pages[f"{exp}.md"] = env.get_template("experiment.md.j2").render(
-            title=title, doc=markupsafe.Markup(doc), sections=sections, artifacts=str(artifacts))
+        headlines=heads, headline_rows=headline_rows, claims=all_claims)}
+    nav = [("Home", "index.md")]
+    for name, exp in registry().items():
+        sections = [_section(m, exp, out, summary, [c for c in all_claims
+                                                    if c["model"] == m.name and c["exp"] == name])
+                    for m in models]
+        pages[f"{name}.md"] = env.get_template("experiment.md.j2").render(
+            title=exp.title, doc=markupsafe.Markup(exp.doc.strip()), sections=sections,
+            artifacts=str(artifacts))
+        nav.append((exp.title, f"{name}.md"))
     past = history.read(artifacts)
     pages["changelog.md"] = env.get_template("changelog.md.j2").render(
         artifacts=str(artifacts), history=past, changes=history.changes(past), fmt=fmt)
     pages["methods.md"] = env.get_template("methods.md.j2").render(points=list(POINT_MEANING.items()))
-    from generator.adapters_list import SUPPORTED
-
-    pages["models.md"] = env.get_template("models.md.j2").render(supported=", ".join(SUPPORTED))
+    pages["models.md"] = env.get_template("models.md.j2").render(
+        families=architectures.families())
+    nav += [("Changelog", "changelog.md"), ("Methods", "methods.md"), ("Other models", "models.md")]
     for name, text in pages.items():
         (out / name).write_text(text, encoding="utf-8")
-    nav = [("Home", "index.md")] + [(titles[e], f"{e}.md") for e in ORDER] + [
-        ("Changelog", "changelog.md"), ("Methods", "methods.md"), ("Other models", "models.md")]
     (out / NAV_FILE).write_text(json.dumps(nav, indent=1), encoding="utf-8")
     _assets(out)
 
 
-def _section(m: dict, exp: str, e: dict, out: Path, claims: list[dict]) -> dict[str, Any]:
-    prov = e["prov"]
-    if prov.get("status") != "ok":
-        return {"model": m["name"], "status": "skipped", "reason": " ".join(prov.get("notes", [])),
-                "provenance": ""}
-    rel = f"assets/charts/{m['name']}/{exp}"
+def _section(m: Any, exp: Experiment, out: Path, summary: dict[str, Any],
+             claims: list[dict]) -> dict[str, Any]:
+    """One model's part of an experiment page: charts drawn from its stored tables, numbers, claims."""
+    e = m.experiments.get(exp.name)
+    if e is None or e.status != "ok":
+        if e is not None:
+            reason = "not applicable: " + " ".join(e.result.notes)
+        else:
+            reason = m.rejected.get(exp.name) or (m.reason if m.status != "ok" else "") or \
+                "not built in this run"
+        return {"model": m.name, "status": "skipped", "reason": reason, "provenance": ""}
+    rel = f"assets/charts/{m.name}/{exp.name}"
     dest = out / rel
     dest.mkdir(parents=True, exist_ok=True)
-    for f in e["folder"].iterdir():
-        shutil.copy2(f, dest / f.name)
+    prov = e.provenance
+    mp, v = prov.get("model", {}), prov.get("versions", {})
+    ident = mp.get("revision") or (mp.get("sha256") or "")[:12]
+    line = (f"{m.name} · {ident} · seed {prov.get('seed')} · latent-atlas {v.get('latent-atlas')} · "
+            f"transformers {v.get('transformers')}")
+    view = ChartView(m.name, int(summary.get("seed", prov.get("seed", 0))),
+                     int(summary.get("max_chart_points", 4000)))
     charts = []
-    for c in prov["charts"]:
-        rows = len(json.loads((e["folder"] / f"{c}.data.json").read_text(encoding="utf-8")))
-        charts.append({"name": c, "spec": f"{rel}/{c}.vl.json", "svg": f"{rel}/{c}.svg",
-                       "data": f"{rel}/{c}.data.json",
+    for cname, chart in exp.charts(e.result, view).items():
+        files = chart_files(cname, chart, line, {"provenance": prov})
+        for fname, text in files.items():
+            (dest / fname).write_text(text, encoding="utf-8")
+        rows = len(json.loads(files[f"{cname}.data.json"]))
+        charts.append({"name": cname, "spec": f"{rel}/{cname}.vl.json", "svg": f"{rel}/{cname}.svg",
+                       "data": f"{rel}/{cname}.data.json",
                        "renderer": "canvas" if rows > SCATTER_CANVAS else "svg"})
+    for f in e.folder.iterdir():  # the stored result itself, for download
+        if f.suffix == ".json":
+            shutil.copy2(f, dest / f.name)
     tables = []
-    for t in prov["tables"]:
-        with open(e["folder"] / f"{t}.csv", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+    for t in exp.tables:
+        rows = e.result.tables.get(t) or []
+        (dest / f"{t}.csv").write_text(table_csv(rows), encoding="utf-8")
         if rows:
-            tables.append({"name": t.replace("_", " "), "rows": rows, "csv": f"{rel}/{t}.csv"})
-    mp = prov["model"]
-    ident = mp.get("revision") or f"sha256 {str(mp.get('sha256', ''))[:16]}"
-    v = prov["versions"]
-    line = (f"Made from {m['name']} ({mp.get('id') or mp.get('source')}, {ident}), seed {prov['seed']}, "
-            f"on {e['run'].get('date', '?')} in {fmt(e['run'].get('wall_seconds'))} s; "
-            f"latent-atlas {v['latent-atlas']}, torch {v['torch']}, transformers {v['transformers']}, "
-            f"scikit-learn {v['scikit-learn']}, umap-learn {v['umap-learn']}.")
-    metrics = {k: {"value": fmt(x["value"]), "meaning": x["meaning"]} for k, x in e["metrics"].items()}
-    return {"model": m["name"], "status": "ok", "charts": charts, "tables": tables,
+            shown = [{k: fmt(x) for k, x in r.items()} for r in rows]
+            tables.append({"name": t.replace("_", " "), "rows": shown, "csv": f"{rel}/{t}.csv"})
+    line = (f"Made from {m.name} ({mp.get('id') or mp.get('source')}, "
+            f"{mp.get('revision') or 'sha256 ' + str(mp.get('sha256', ''))[:16]}), seed {prov.get('seed')}, "
+            f"on {e.run.get('date', '?')} in {fmt(e.run.get('wall_seconds'))} s; "
+            f"latent-atlas {v.get('latent-atlas')}, torch {v.get('torch')}, "
+            f"transformers {v.get('transformers')}, scikit-learn {v.get('scikit-learn')}, "
+            f"umap-learn {v.get('umap-learn')}.")
+    metrics = {k: {"value": fmt(e.result.metrics.get(k)), "meaning": meaning}
+               for k, meaning in exp.metrics.items()}
+    return {"model": m.name, "status": "ok", "charts": charts, "tables": tables,
             "metrics": metrics, "claims": claims, "provenance": line}
 
 
@@ -154,17 +166,6 @@ def _assets(out: Path) -> None:
     css = out / "assets/css"
     css.mkdir(parents=True, exist_ok=True)
     shutil.copy2(TEMPLATES / "assets/atlas.css", css / "atlas.css")
-
-
-def _swap(new: Path, final: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    new.chmod(0o777 & ~umask)  # mkdtemp made it 0700
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 NAV_FILE = ".nav.json"
@@ -196,7 +197,6 @@ def build_site(docs: Path, site: Path, config: Path = ROOT / "mkdocs.yml") -> No
         if r.returncode != 0:
             raise AtlasError("mkdocs build", (r.stderr or r.stdout).strip()[-2000:],
                              "fix the page or template named above; site/ was left as it was")
-        out.chmod(0o755)
-        _swap(out, site)
+        swap_in(out, site)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from generator.artifacts import dumps, write_atomic
-from generator.findings import claims_for, headline_values, load_build
+from generator.artifacts import dumps
+from generator.fsutil import write_atomic
+from generator.site.findings import claims_for, headline_values, load_build
 
 FILE = "history.json"
 
@@ -37,12 +38,12 @@ def update(artifacts: Path, today: str | None = None) -> dict[str, list[dict[str
     today = today or datetime.date.today().isoformat()
     history = read(artifacts)
     for m in build["models"]:
-        if m["status"] != "ok" or not m["experiments"]:
+        if m.status != "ok" or not m.experiments:
             continue
-        entry = {"ident": m["ident"], "source": m["source"], "date": today,
+        entry = {"ident": m.ident, "source": m.source, "date": today,
                  "headlines": headline_values(m),
                  "claims": {c["text"]: c["verdict"] for c in claims_for(m, thresholds)}}
-        entries = history.setdefault(m["name"], [])
+        entries = history.setdefault(m.name, [])
         if entries and entries[-1]["ident"] == entry["ident"]:
             entries[-1] = {**entry, "first_seen": entries[-1].get("first_seen", today)}
         else:

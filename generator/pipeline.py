@@ -1,0 +1,263 @@
+"""Run the suite: for each model, one capture pass per input mode feeds every experiment's reducers.
+
+suite -> models -> inputs -> capture -> reducers -> experiments' compute -> artifact store. A
+model whose results are all cached is not even loaded. A model that cannot be loaded is
+recorded as skipped with its reason and the others still run; an experiment that does not
+apply to a model is recorded as not applicable, which is not a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from generator import __version__, artifacts, cache, inputs, models
+from generator.errors import AtlasError, SuiteError
+from generator.experiment import Context, Experiment, Result, registry
+from generator.suite import Suite, check_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run did: printed at the end, written to summary.json, read by CI (`--strict`)."""
+
+    generated: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    rebuilt: dict[str, str] = field(default_factory=dict)
+    retried: list[str] = field(default_factory=list)
+    forwards: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"generated {len(self.generated)}, cached {len(self.cached)}, "
+               f"not applicable {len(self.not_applicable)}, skipped {len(self.skipped)} "
+               f"in {self.seconds:.1f}s ({self.forwards} forward passes)"]
+        out += [f"  generated  {e}" for e in self.generated]
+        out += [f"  rebuilt    {e}: {why}" for e, why in self.rebuilt.items()]
+        out += [f"  n/a        {e}: {why}" for e, why in self.not_applicable.items()]
+        out += [f"  skipped    {e}: {why}" for e, why in self.skipped.items()]
+        out += [f"  retried    {r}" for r in self.retried]
+        return out
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How capture runs: `local` (this process) or `ray` (`workers` actors, cluster at `address`)."""
+
+    executor: str = "local"
+    workers: int = 2
+    address: str | None = None
+    dtype: str | None = None
+    """Overrides every model's `dtype` (float32, bfloat16, float16)."""
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "numpy", "scikit-learn", "umap-learn", "altair")
+    return {"latent-atlas": __version__, **{n: md.version(n) for n in names}}
+
+
+def experiment_params(suite: Suite) -> dict[str, Any]:
+    """Every enabled experiment's checked Params; errors before any model work starts."""
+    unknown = set(suite.experiments) - set(registry())
+    if unknown:
+        raise SuiteError(f"{suite.path}: experiments.{sorted(unknown)[0]}", "unknown experiment",
+                         f"known: {', '.join(registry())}")
+    return {name: check_params(exp.params, suite.experiments.get(name, {}), suite.path, name)
+            for name, exp in registry().items() if suite.experiment_enabled(name)}
+
+
+def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | None = None,
+        progress: bool = True, execution: Execution = Execution()) -> Summary:
+    start = time.perf_counter()
+    params = experiment_params(suite)
+    store = artifacts.Store(out)
+    store.clean_temp()
+    summary = Summary()
+    specs = [m for m in suite.models if not only or m.name in only]
+    if only and len(specs) != len(set(only)):
+        missing = sorted(set(only) - {m.name for m in suite.models})
+        raise SuiteError(f"--models {missing[0]}", "no such model in the suite",
+                         f"choose from: {', '.join(m.name for m in suite.models)}")
+    if execution.dtype:
+        specs = [dataclasses.replace(m, dtype=execution.dtype) for m in specs]
+    for spec in specs:
+        try:
+            run_model(suite, spec, params, store, summary, device, progress, execution)
+        except AtlasError as exc:
+            summary.skipped[spec.name] = str(exc).replace("\n  fix:", "; fix:")
+            _write_status(store, spec.name, "skipped", str(exc))
+    summary.seconds = time.perf_counter() - start
+    artifacts.write_atomic(out / "summary.json", artifacts.dumps(
+        {"generated": summary.generated, "cached": summary.cached, "skipped": summary.skipped,
+         "not_applicable": summary.not_applicable, "models": [m.name for m in specs],
+         "suite": suite.path, "suite_sha256": suite.digest, "title": suite.title,
+         "seed": suite.seed, "max_chart_points": suite.capture.max_chart_points,
+         "claims": suite.claim_thresholds()}))
+    from generator.site import history
+
+    history.update(out)
+    return summary
+
+
+def _write_status(store: artifacts.Store, model: str, status: str, reason: str = "",
+                  provenance: dict | None = None) -> None:
+    artifacts.write_atomic(store.path(model) / "status.json", artifacts.dumps(
+        {"model": model, "status": status, "reason": reason, "provenance": provenance or {}}))
+
+
+def run_model(suite: Suite, spec: models.ModelSpec, params: dict[str, Any], store: artifacts.Store,
+              summary: Summary, device: str | None, progress: bool,
+              execution: Execution = Execution()) -> None:
+    fp = models.fingerprint(spec)
+    keys = {name: cache.compute_key(suite, fp, registry()[name], p)
+            for name, p in params.items()}
+    todo = []
+    for name, key in keys.items():
+        ok, why = store.valid(f"{spec.name}/{name}", key)
+        if ok:
+            summary.cached.append(f"{spec.name}/{name}")
+        else:
+            todo.append(name)
+            if why not in ("not built yet", "inputs changed"):
+                summary.rebuilt[f"{spec.name}/{name}"] = why
+                log.warning("rebuilding %s/%s: %s", spec.name, name, why)
+    if not todo:
+        return
+    import torch
+
+    t0 = time.perf_counter()
+    dev = pick_device(device or suite.capture.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    loaded = models.load(spec, dev, fp)
+    _write_status(store, spec.name, "ok", provenance={**loaded.provenance, "versions": versions()})
+    executor = None
+    if execution.executor == "ray":
+        from generator.executors import RayExecutor
+
+        executor = RayExecutor(spec, dev, execution.workers, suite.capture.shard_batches,
+                               execution.address, progress=progress)
+    try:
+        summary.forwards += run_loaded(suite, loaded, {n: params[n] for n in todo}, keys, store,
+                                       summary, progress, load_seconds=time.perf_counter() - t0,
+                                       executor=executor)
+    finally:
+        if executor is not None:
+            summary.retried += executor.retried
+            executor.close()
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AtlasError("--device cuda", "no CUDA device is available", "use --device cpu or auto")
+    return name
+
+
+def context(suite: Suite, loaded: models.LoadedModel,
+            token_inputs: dict[str, inputs.TokenInputs]) -> Context:
+    from generator import architectures
+
+    model = loaded.model
+    arch = architectures.for_config(model.config, loaded.spec.name)
+    return Context(model_name=loaded.spec.name, n_blocks=arch.n_blocks(model),
+                   d_model=int(model.config.hidden_size), seed=suite.seed,
+                   seq_len={m: t.seq_len for m, t in token_inputs.items()},
+                   n_samples={m: t.n_samples for m, t in token_inputs.items()},
+                   tokenizer=loaded.tokenizer, model=model, architecture=arch,
+                   capture=suite.capture,
+                   input_labels={m: t.labels for m, t in token_inputs.items()},
+                   valid_tokens={m: int(t.mask.sum()) for m, t in token_inputs.items()})
+
+
+def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
+               keys: dict[str, str], store: artifacts.Store, summary: Summary,
+               progress: bool = True, load_seconds: float = 0.0, executor: Any = None) -> int:
+    """Capture and compute the given experiments for an already-loaded model; returns forwards."""
+    from generator.executors import Local
+
+    model, name = loaded.model, loaded.spec.name
+    exps = {e: registry()[e] for e in params}
+    max_len = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    modes = sorted({m for e in exps.values() for m in e.modes})
+    token_inputs = {m: inputs.build_inputs(m, loaded.tokenizer, suite.inputs, max_len, vocab)
+                    for m in modes}
+    ctx = context(suite, loaded, token_inputs)
+    if executor is None:
+        device = next(model.parameters()).device
+        executor = Local(model, ctx.architecture, device, suite.capture.shard_batches, progress)
+    wanted: dict[str, dict[str, dict[str, Any]]] = {}
+    for e, exp in exps.items():
+        reason = exp.skip(ctx, params[e])
+        if reason:
+            summary.not_applicable[f"{name}/{e}"] = reason
+            _put(store, loaded, exp, keys[e], Result(notes=[reason]), ctx, params[e],
+                 token_inputs, 0.0, status="not_applicable")
+            continue
+        wanted[e] = exp.needs(ctx, params[e])
+    forwards = 0
+    timings: dict[str, float] = {}
+    for mode in sorted({m for need in wanted.values() for m in need}):
+        sinks = [r for need in wanted.values() for r in need.get(mode, {}).values()]
+        t0 = time.perf_counter()
+        forwards += executor.capture(token_inputs[mode], sinks, f"{name} {mode}")
+        timings[mode] = time.perf_counter() - t0
+    for e, need in wanted.items():
+        t0 = time.perf_counter()
+        try:
+            result = exps[e].compute(ctx, params[e], need)
+            _check_result(exps[e], result)
+        except AtlasError:
+            raise
+        except Exception as exc:  # a bug in one experiment must not cost the rest of the report
+            log.error("%s/%s failed; the other experiments go on", name, e, exc_info=True)
+            summary.skipped[f"{name}/{e}"] = (f"failed with {type(exc).__name__}: {exc}"[:500]
+                                              + " (a bug: please report it with the log above)")
+            continue
+        seconds = time.perf_counter() - t0 + sum(timings.get(m, 0) for m in need) + load_seconds
+        _put(store, loaded, exps[e], keys[e], result, ctx, params[e], token_inputs, seconds)
+        summary.generated.append(f"{name}/{e}")
+    return forwards
+
+
+def _check_result(exp: Experiment, result: Result) -> None:
+    """A result must report exactly the metrics its experiment declares."""
+    if set(result.metrics) != set(exp.metrics):
+        raise ValueError(f"{exp.name} returned metrics {sorted(result.metrics)}, declared "
+                         f"{sorted(exp.metrics)}")
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    return table.to_dict(orient="records") if hasattr(table, "to_dict") else list(table)
+
+
+def _put(store: artifacts.Store, loaded: models.LoadedModel, exp: Experiment, key: str,
+         result: Result, ctx: Context, params: Any, token_inputs: dict[str, inputs.TokenInputs],
+         seconds: float, status: str = "ok") -> None:
+    prov = {"model": loaded.provenance, "experiment": exp.name,
+            "params": dataclasses.asdict(params), "seed": ctx.seed,
+            "inputs": {m: t.describe() for m, t in token_inputs.items() if m in exp.modes},
+            "versions": versions(), "cache_key": key}
+    files = {f"{t}.table.json": artifacts.dumps(_rows(rows)) for t, rows in result.tables.items()}
+    files["result.json"] = artifacts.dumps(
+        {"status": status, "metrics": result.metrics, "facts": result.facts,
+         "notes": result.notes, "tables": sorted(result.tables)})
+    files["provenance.json"] = artifacts.dumps(prov)
+    files["run.json"] = artifacts.dumps({"date": datetime.datetime.now(datetime.timezone.utc)
+                                         .isoformat(timespec="seconds"), "wall_seconds": seconds})
+    store.put(f"{loaded.spec.name}/{exp.name}", key, files)
