@@ -17,13 +17,12 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from generator.errors import AtlasError
-from generator.fsutil import clean_temp, temp_dir_for, write_atomic
+from generator.fsutil import clean_temp, swap_in, temp_dir_for, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +119,7 @@ class Store:
         try:
             for name, text in files.items():
                 (tmp / name).write_text(text, encoding="utf-8")
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.manifest[entry] = {"key": key, "files": {n: sha256_text(t) for n, t in files.items()

@@ -40,9 +40,19 @@ def test_embedded_model_is_found_through_package_metadata():
     assert p.is_file() and p.suffix == ".gguf" and p.stat().st_size > 50_000_000
 
 
-@pytest.mark.parametrize("case", ["missing_path", "missing_folder_config", "truncated_gguf",
-                                  "garbage_gguf", "offline_hub", "unknown_embedded", "bad_dtype",
-                                  "unsupported_arch"])
+CAUSES = {  # case: (words the cause must contain, words the fix must contain)
+    "missing_path": ("does not exist", "check `path`"),
+    "missing_folder_config": ("has no config.json", "saved Hugging Face model folder"),
+    "truncated_gguf": ("could not be read", "download it again"),
+    "garbage_gguf": ("could not be read", "convert it"),
+    "offline_hub": ("local Hugging Face cache", "HF_HOME"),
+    "unknown_embedded": ("no such embedded model", "smollm2-135m"),
+    "bad_dtype": ("unknown dtype 'float12'", "bfloat16"),
+    "unsupported_arch": ("'bert' has no capture declaration", "gpt2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CAUSES))
 def test_load_failures_name_model_cause_and_fix(case, tmp_path, tiny_folders):
     spec = {
         "missing_path": ModelSpec(name="m", path=str(tmp_path / "nope")),
@@ -67,9 +77,11 @@ def test_load_failures_name_model_cause_and_fix(case, tmp_path, tiny_folders):
         spec = ModelSpec(name="m", path=str(tmp_path / "b"))
     with pytest.raises(ModelLoadError) as err:
         load(spec)
-    text = str(err.value)
-    assert text.startswith("m:") or "gpt-17" in text
-    assert "fix:" in text
+    cause, fix = str(err.value).split("\n  fix: ")
+    assert cause.startswith("m:") or cause.startswith("gpt-17:")
+    want_cause, want_fix = CAUSES[case]
+    assert want_cause in cause, cause
+    assert want_fix in fix, fix
 
 
 def test_a_model_too_big_for_free_memory_is_refused_before_loading(tiny_folders, monkeypatch):

@@ -47,8 +47,7 @@ def escape(value: Any) -> markupsafe.Markup:
     """
     if isinstance(value, markupsafe.Markup):
         return value
-    text = str(markupsafe.escape(value))
-    return markupsafe.Markup("".join(_MARKDOWN.get(c, c) for c in text))
+    return markupsafe.Markup("".join(_MARKDOWN.get(c) or markupsafe.escape(c) for c in str(value)))
 
 
 def environment() -> jinja2.Environment:

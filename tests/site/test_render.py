@@ -17,7 +17,7 @@ from generator.suite import load_suite
 
 EVIL = "<img src=x onerror=alert(1)>"
 HOSTILE_TITLE = '[x](javascript:alert(1)) {: onclick="alert(2)" } *bold* `code` <script>alert(3)</script>'
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +264,10 @@ def _charts_rendered(page, name):
         fig = figures.nth(i)
         assert fig.get_attribute("data-done") == "rendered", f"{name}: chart {i} failed"
         assert fig.locator(".atlas-chart-view svg, .atlas-chart-view canvas").count() >= 1, name
+
+
+def test_escape_is_one_level_deep():
+    """Each character is escaped once: an apostrophe is &#39;, never &&#35;39; (shown as text)."""
+    from generator.site.render import escape
+
+    assert escape("can't <b> [x](y) #1") == "can&#39;t &lt;b&gt; &#91;x&#93;(y) &#35;1"
