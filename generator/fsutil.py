@@ -32,8 +32,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def temp_dir_for(final: Path) -> Path:
-    """An empty temp folder beside `final`, to be filled and then `swap_in`."""
+    """An empty temp folder beside `final`, to be filled and then `swap_in`.
+
+    Temp and old copies of `final` that a killed process left beside it are removed first.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):
+        for p in final.parent.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
 
 

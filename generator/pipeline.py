@@ -89,6 +89,9 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
         missing = sorted(set(only) - {m.name for m in suite.models})
         raise SuiteError(f"--models {missing[0]}", "no such model in the suite",
                          f"choose from: {', '.join(m.name for m in suite.models)}")
+    if not specs:
+        raise SuiteError(suite.path, "names no model: there is nothing to run",
+                         "add a [[models]] table (see suite.toml)")
     if execution.dtype:
         specs = [dataclasses.replace(m, dtype=execution.dtype) for m in specs]
     for spec in specs:
@@ -97,6 +100,14 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
         except AtlasError as exc:
             summary.skipped[spec.name] = str(exc).replace("\n  fix:", "; fix:")
             _write_status(store, spec.name, "skipped", str(exc))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # one model's unexpected failure must not cost the others
+            log.error("%s failed; the other models go on", spec.name, exc_info=True)
+            why = (f"{spec.name}: failed with {type(exc).__name__}: {exc}"[:500]
+                   + "\n  fix: see the log above; if the suite entry looks right, please report it")
+            summary.skipped[spec.name] = why.replace("\n  fix:", "; fix:")
+            _write_status(store, spec.name, "skipped", why)
     summary.seconds = time.perf_counter() - start
     artifacts.write_atomic(out / "summary.json", artifacts.dumps(
         {"generated": summary.generated, "cached": summary.cached, "skipped": summary.skipped,

@@ -21,6 +21,7 @@ from generator.errors import SuiteError
 from generator.models import ModelSpec
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 """What a model name may be: it names an output folder, a file path segment and a page anchor."""
 
 
@@ -127,6 +128,10 @@ def _check(suite: Suite, file: str) -> None:
                              "a model name becomes a folder and a page section, so it must be a "
                              "plain slug (letters, digits, '.', '_', '-'; not '.' or '..')",
                              "rename it, e.g. name = \"my-model\"")
+        if m.id is not None and not HUB_ID.fullmatch(m.id):
+            raise SuiteError(f"{file}: [[models]] {m.name} id {m.id!r}",
+                             "not a Hugging Face hub id (`name` or `owner/name`: letters, digits, "
+                             "'-', '_', '.'; no spaces)", "e.g. id = \"openai-community/gpt2\"")
         if sum(x is not None for x in (m.id, m.path, m.embedded)) != 1:
             raise SuiteError(f"{file}: [[models]] {m.name}",
                              "needs exactly one of `id`, `path`, `embedded`",
@@ -138,16 +143,27 @@ def _check(suite: Suite, file: str) -> None:
         if key not in known:
             raise SuiteError(f"{file}: claims.{key}", "no experiment declares this claim threshold",
                              f"known: {', '.join(sorted(known))}")
-    i = suite.inputs
-    for key, v in (("inputs.n_samples", i.n_samples), ("inputs.seq_len", i.seq_len),
-                   ("inputs.batch_size", i.batch_size), ("capture.cov_every", suite.capture.cov_every),
-                   ("capture.shard_batches", suite.capture.shard_batches),
-                   ("inputs.repeat.seq_len", i.repeat.seq_len)):
-        if v < 1:
-            raise SuiteError(f"{file}: {key}", f"must be at least 1, got {v}", "use a positive integer")
-    if i.windows not in ("packed", "documents"):
-        raise SuiteError(f"{file}: inputs.windows", f"unknown value {i.windows!r}",
-                         "use \"packed\" or \"documents\"")
+    i, c = suite.inputs, suite.capture
+    minimum = {"inputs.n_samples": (i.n_samples, 1), "inputs.seq_len": (i.seq_len, 2),
+               "inputs.batch_size": (i.batch_size, 1), "inputs.repeat.seq_len": (i.repeat.seq_len, 2),
+               "inputs.singular.max_tokens": (i.singular.max_tokens, 0),
+               "inputs.singular.batch_size": (i.singular.batch_size, 1),
+               "capture.cov_every": (c.cov_every, 1), "capture.shard_batches": (c.shard_batches, 1),
+               "capture.points_per_site": (c.points_per_site, 1),
+               "capture.max_chart_points": (c.max_chart_points, 1)}
+    for key, (v, least) in minimum.items():
+        if v < least:
+            raise SuiteError(f"{file}: {key}", f"must be at least {least}, got {v}",
+                             f"set {key.rsplit('.', 1)[-1]} to {least} or more")
+    if c.cov_keep_above < 0:
+        raise SuiteError(f"{file}: capture.cov_keep_above", f"must not be negative, got "
+                         f"{c.cov_keep_above}", "use 0 (off) or a multiple such as 3.0")
+    choices = {"inputs.windows": (i.windows, ("packed", "documents")),
+               "capture.device": (c.device, ("auto", "cpu", "cuda"))}
+    for key, (v, allowed) in choices.items():
+        if v not in allowed:
+            raise SuiteError(f"{file}: {key}", f"unknown value {v!r}",
+                             f"use one of: {', '.join(allowed)}")
 
 
 def build(cls: type, data: Any, file: str, where: str) -> Any:

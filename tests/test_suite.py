@@ -25,6 +25,14 @@ def test_shipped_suite_loads_with_the_embedded_default_and_paper_models():
     ("[experiments.norms]\nmiddle_fraction = \"half\"\n", "experiments.norms.middle_fraction", "expected float"),
     ("[experiments.nope]\nx = 1\n", "experiments.nope", "unknown experiment"),
     ("seed = [\n", "", "not valid TOML"),
+    ("[inputs.singular]\nmax_tokens = -5\n", "inputs.singular.max_tokens", "at least 0"),
+    ("[inputs.singular]\nbatch_size = 0\n", "inputs.singular.batch_size", "at least 1"),
+    ("[capture]\npoints_per_site = 0\n", "capture.points_per_site", "at least 1"),
+    ("[capture]\nmax_chart_points = -1\n", "capture.max_chart_points", "at least 1"),
+    ("[capture]\ndevice = \"gpu\"\n", "capture.device", "unknown value 'gpu'"),
+    ("[inputs]\nseq_len = 1\n", "inputs.seq_len", "at least 2"),
+    ("[claims]\nmade_up_min = 1.0\n", "claims.made_up_min", "no experiment declares"),
+    ("[[models]]\nname = \"a\"\nid = \"my model\"\n", "id 'my model'", "not a Hugging Face hub id"),
 ])
 def test_bad_suites_name_file_key_and_type(tmp_path, body, where, what):
     p = tmp_path / "s.toml"
@@ -58,3 +66,13 @@ def test_the_store_refuses_entries_outside_its_root(tmp_path):
         with pytest.raises(AtlasError, match="outside the artifact folder"):
             store.put(entry, "k", {"x.json": "{}"})
     assert (precious / "keep.txt").read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_a_suite_with_no_model_is_an_error_not_an_empty_success(tmp_path):
+    from generator.pipeline import run
+
+    p = tmp_path / "s.toml"
+    p.write_text("seed = 1\n")
+    with pytest.raises(SuiteError, match="names no model"):
+        run(load_suite(p), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out/summary.json").exists()

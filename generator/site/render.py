@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +183,7 @@ def build_site(docs: Path, site: Path, config: Path = ROOT / "mkdocs.yml") -> No
         raise AtlasError(str(docs), "not a rendered docs folder (no navigation file)",
                          "run `python -m generator render --docs DIR` first")
     nav = json.loads(nav_path.read_text(encoding="utf-8"))
-    site.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=site.parent, prefix=f".{site.name}.tmp-"))
+    tmp = temp_dir_for(site)
     try:
         child = tmp / "mkdocs.yml"
         child.write_text(json.dumps({"INHERIT": str(Path(config).resolve()), "docs_dir": str(docs),

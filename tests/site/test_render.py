@@ -271,3 +271,13 @@ def test_escape_is_one_level_deep():
     from generator.site.render import escape
 
     assert escape("can't <b> [x](y) #1") == "can&#39;t &lt;b&gt; &#91;x&#93;(y) &#35;1"
+
+
+def test_leftovers_of_a_killed_render_are_removed_by_the_next(site, tmp_path):
+    root, _ = site
+    for stale in (".docs.tmp-abc", ".docs.old-123", ".site.tmp-xyz"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "page.md").write_text("half")
+    render.render(root / "artifacts", tmp_path / "docs")
+    render.build_site(tmp_path / "docs", tmp_path / "site", root / "mkdocs.yml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "site"]
