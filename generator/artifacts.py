@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from generator.errors import AtlasError
-from generator.fsutil import clean_temp, swap_in, temp_dir_for, write_atomic
+from generator.fsutil import clean_temp, swap_in, temp_dir_for, write_atomic, write_file
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Store:
         tmp = temp_dir_for(final)
         try:
             for name, text in files.items():
-                (tmp / name).write_text(text, encoding="utf-8")
+                write_file(tmp / name, text.encode("utf-8"))
             swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

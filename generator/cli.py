@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed entries are kept, the next run resumes", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        from generator.memory import out_of_memory
+
+        print(f"error: {out_of_memory(args.command, 'this command', exc)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -100,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = pipeline.run(suite, Path(args.out), args.models, args.device,
                          progress=not args.no_progress, execution=execution)
     print("\n".join(summary.lines()))
-    return 1 if args.strict and summary.skipped else 0
+    return summary.exit_code(args.strict)
 
 
 def _site(args: argparse.Namespace) -> int:
@@ -110,8 +115,8 @@ def _site(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     args.models, args.strict, args.no_progress = None, False, False
-    _run(args)
+    code = _run(args)  # 3 when no model could be built: the site still shows why, but CI stops
     rnd.render(Path(args.out), Path(args.docs))
     rnd.build_site(Path(args.docs), Path(args.site))
     print(f"site built in {args.site}/ ({time.perf_counter() - t0:.1f}s); preview: make serve")
-    return 0
+    return code

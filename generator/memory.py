@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
+from pathlib import Path
+from typing import Any
+
+from generator.errors import AtlasError
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -30,3 +35,86 @@ def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 
             bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError):
         return False
+
+
+UNLIMITED = 1 << 60
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2) means no limit
+
+
+def cgroup_free(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2, then v1), or None when unlimited.
+
+    psutil reports the machine's free memory; a container or a CI job limited by its cgroup is
+    killed long before that runs out.
+    """
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        limit = _read_int(root / limit_file)
+        if limit is not None and limit < UNLIMITED:
+            return max(0, limit - (_read_int(root / usage_file) or 0))
+    return None
+
+
+def rlimit_free() -> int | None:
+    """Bytes of address space left under `ulimit -v` (RLIMIT_AS), or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    import psutil
+
+    return max(0, soft - psutil.Process().memory_info().vms)
+
+
+def available(device: str) -> tuple[int, str]:
+    """Free bytes where tensors will live, and what that place is called.
+
+    On the CPU the smallest of: the machine's available memory, what the cgroup limit leaves,
+    and what `ulimit -v` leaves.
+    """
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0]), "GPU memory"
+    import psutil
+
+    free = [int(psutil.virtual_memory().available), cgroup_free(), rlimit_free()]
+    return min(f for f in free if f is not None), "RAM"
+
+
+def forward_bytes(config: Any, batch: int, seq_len: int, element_size: int) -> int:
+    """A generous estimate of one forward pass's working memory (activations, attention scores).
+
+    A few (B, T, D) and (B, T, FFN) tensors live at once, plus one block's (B, H, T, T) scores
+    (eager attention materializes them). Weights are counted separately (`models.check_fits`).
+    """
+    d = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    ffn = int(getattr(config, "intermediate_size", 0) or getattr(config, "n_inner", 0) or 4 * d)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    tokens = batch * seq_len
+    return element_size * (tokens * (8 * d + 3 * ffn) + batch * heads * seq_len * seq_len * 2)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for numpy's and torch's allocation failures on CPU and GPU (torch's are RuntimeErrors)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
+
+
+def out_of_memory(thing: str, stage: str, exc: BaseException) -> AtlasError:
+    """The named error for an allocation that failed: what was running, and how to need less."""
+    return AtlasError(thing, f"ran out of memory during {stage} ({type(exc).__name__}: "
+                      f"{str(exc)[:200]})",
+                      "lower inputs.batch_size or inputs.seq_len, set dtype = \"bfloat16\" for it, "
+                      "lower capture.points_per_site, or run it on a machine with more memory "
+                      "(models already built are kept)")

@@ -41,6 +41,13 @@ class ModelSpec:
     """A model shipped inside an installed package (`smollm2-135m`)."""
     dtype: str = "float32"
     """Weights dtype after loading (GGUF is dequantized to this)."""
+    runner: str | None = None
+    """GitHub Actions runner label of this model's capture job (`python -m generator plan`); unset:
+    the workflow's standard runner. A model that outgrows it (LLaMA-7B) names a GPU or larger
+    runner here. Never changes a number, so it is not part of any cache key."""
+    big: bool = False
+    """Its CI job frees the runner's preinstalled toolchains before downloading and keeps the
+    download out of the Actions cache (10 GB per repository, less than a 7B model)."""
 
 
 @dataclass
@@ -124,19 +131,33 @@ def load(spec: ModelSpec, device: str = "cpu", fp: dict[str, Any] | None = None)
         raise _explain(spec, where, gguf_file, local, exc) from exc
     model = model.to(device).eval()
     torch.set_grad_enabled(False)
+    check_finite(spec, model)
     fp = fp if fp is not None else fingerprint(spec)
     return LoadedModel(spec, model, tokenizer, {**fp, "tokenizer_sha256": tokenizer_hash(tokenizer)})
 
 
-def available_memory(device: str) -> tuple[int, str]:
-    """Free bytes where the weights will live, and what that place is called."""
+def check_finite(spec: ModelSpec, model: Any) -> None:
+    """Refuse weights with NaN or inf: every state computed from them would be garbage.
+
+    Without this, the first sign is the residual self-check failing, which reads as a wiring
+    problem of the architecture declaration.
+    """
     import torch
 
-    if str(device).startswith("cuda"):
-        return int(torch.cuda.mem_get_info()[0]), "GPU memory"
-    import psutil
+    for name, p in model.named_parameters():
+        bad = int(p.numel() - torch.isfinite(p).sum())
+        if bad:
+            raise ModelLoadError(
+                spec.name, f"its weights hold {bad} NaN or infinite value(s) (first in {name!r})",
+                "the weight file is corrupt or was saved from a diverged run: download it again "
+                "or use another checkpoint; with dtype float16, try bfloat16 or float32 (overflow)")
 
-    return int(psutil.virtual_memory().available), "RAM"
+
+def available_memory(device: str) -> tuple[int, str]:
+    """Free bytes where the weights will live (cgroup and ulimit limits included), and its name."""
+    from generator import memory
+
+    return memory.available(device)
 
 
 def check_fits(spec: ModelSpec, config: Any, dtype: Any, device: str) -> None:

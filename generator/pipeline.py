@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator import __version__, artifacts, cache, inputs, models
+from generator import __version__, artifacts, cache, inputs, memory, models
 from generator.errors import AtlasError, SuiteError
 from generator.experiment import Context, Experiment, Result, registry
+from generator.fsutil import DiskFullError, exclusive
 from generator.suite import Suite, check_params
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,32 @@ class Summary:
     forwards: int = 0
     seconds: float = 0.0
 
+    models: list[str] = field(default_factory=list)
+    """The models this run was asked to build."""
+
+    @property
+    def built_nothing(self) -> bool:
+        """Every model asked for was skipped: there is nothing to publish."""
+        done = {e.split("/")[0] for e in self.generated + self.cached + list(self.not_applicable)}
+        return bool(self.models) and not done
+
+    def exit_code(self, strict: bool = False) -> int:
+        """The exit status CI relies on.
+
+        0: everything built, or without --strict at least one model built; 1: something was
+        skipped under --strict; 3: no model could be built at all (nothing to publish).
+        """
+        if self.built_nothing:
+            return 3
+        return 1 if strict and self.skipped else 0
+
+    def outcome(self) -> str:
+        if self.built_nothing:
+            return "failed: no model could be built (exit status 3)"
+        if self.skipped:
+            return ("partial: some parts were skipped (exit status 0; 1 with --strict)")
+        return "complete (exit status 0)"
+
     def lines(self) -> list[str]:
         out = [f"generated {len(self.generated)}, cached {len(self.cached)}, "
                f"not applicable {len(self.not_applicable)}, skipped {len(self.skipped)} "
@@ -46,6 +73,7 @@ class Summary:
         out += [f"  n/a        {e}: {why}" for e, why in self.not_applicable.items()]
         out += [f"  skipped    {e}: {why}" for e, why in self.skipped.items()]
         out += [f"  retried    {r}" for r in self.retried]
+        out.append(f"outcome: {self.outcome()}")
         return out
 
 
@@ -79,8 +107,14 @@ def experiment_params(suite: Suite) -> dict[str, Any]:
 
 def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | None = None,
         progress: bool = True, execution: Execution = Execution()) -> Summary:
-    start = time.perf_counter()
     params = experiment_params(suite)
+    with exclusive(Path(out), "run"):
+        return _run_locked(suite, Path(out), params, only, device, progress, execution)
+
+
+def _run_locked(suite: Suite, out: Path, params: dict[str, Any], only: list[str] | None,
+                device: str | None, progress: bool, execution: Execution) -> Summary:
+    start = time.perf_counter()
     store = artifacts.Store(out)
     store.clean_temp()
     summary = Summary()
@@ -94,13 +128,21 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
                          "add a [[models]] table (see suite.toml)")
     if execution.dtype:
         specs = [dataclasses.replace(m, dtype=execution.dtype) for m in specs]
+    summary.models = [m.name for m in specs]
     for spec in specs:
         try:
-            run_model(suite, spec, params, store, summary, device, progress, execution)
+            try:
+                run_model(suite, spec, params, store, summary, device, progress, execution)
+            except (MemoryError, RuntimeError) as exc:
+                if not memory.is_out_of_memory(exc):
+                    raise
+                raise memory.out_of_memory(spec.name, "its run", exc) from exc
+        except DiskFullError:
+            raise  # every later write would fail too
         except AtlasError as exc:
             summary.skipped[spec.name] = str(exc).replace("\n  fix:", "; fix:")
             _write_status(store, spec.name, "skipped", str(exc))
-        except (KeyboardInterrupt, MemoryError):
+        except KeyboardInterrupt:
             raise
         except Exception as exc:  # one model's unexpected failure must not cost the others
             log.error("%s failed; the other models go on", spec.name, exc_info=True)
@@ -112,7 +154,8 @@ def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | No
     artifacts.write_atomic(out / "summary.json", artifacts.dumps(
         {"generated": summary.generated, "cached": summary.cached, "skipped": summary.skipped,
          "not_applicable": summary.not_applicable, "models": [m.name for m in specs],
-         "suite": suite.path, "suite_sha256": suite.digest, "title": suite.title,
+         "outcome": summary.outcome(), "suite": suite.path, "suite_sha256": suite.digest,
+         "title": suite.title,
          "seed": suite.seed, "max_chart_points": suite.capture.max_chart_points,
          "claims": suite.claim_thresholds()}))
     from generator.site import history
@@ -220,7 +263,11 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
             _put(store, loaded, exp, keys[e], Result(notes=[reason]), ctx, params[e],
                  token_inputs, 0.0, status="not_applicable")
             continue
-        wanted[e] = exp.needs(ctx, params[e])
+        try:
+            wanted[e] = exp.needs(ctx, params[e])
+        except MemoryError as exc:
+            raise memory.out_of_memory(name, f"the set-up of {e}'s statistics", exc) from exc
+    check_working_set(suite, loaded, wanted)
     forwards = 0
     timings: dict[str, float] = {}
     for mode in sorted({m for need in wanted.values() for m in need}):
@@ -235,6 +282,12 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
             _check_result(exps[e], result)
         except AtlasError:
             raise
+        except (MemoryError, RuntimeError) as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            summary.skipped[f"{name}/{e}"] = str(memory.out_of_memory(
+                f"{name}/{e}", "its analysis", exc)).replace("\n  fix:", "; fix:")
+            continue
         except Exception as exc:  # a bug in one experiment must not cost the rest of the report
             log.error("%s/%s failed; the other experiments go on", name, e, exc_info=True)
             summary.skipped[f"{name}/{e}"] = (f"failed with {type(exc).__name__}: {exc}"[:500]
@@ -244,6 +297,33 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
         _put(store, loaded, exps[e], keys[e], result, ctx, params[e], token_inputs, seconds)
         summary.generated.append(f"{name}/{e}")
     return forwards
+
+
+def check_working_set(suite: Suite, loaded: models.LoadedModel,
+                      wanted: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Refuse, before the first forward, a run whose statistics and activations cannot fit.
+
+    The weights were checked at load; what grows with `seq_len` and `batch_size` is the
+    reducers' state (allocated now, touched during capture, plus a float32 device copy) and the
+    forward's activations. Running out halfway would cost the time spent and say nothing useful.
+    """
+    model = loaded.model
+    param = next(model.parameters())
+    state = sum(a.nbytes for need in wanted.values() for rs in need.values() for r in rs.values()
+                for a in getattr(r, "_state", {}).values())
+    i = suite.inputs
+    shapes = [(i.batch_size, i.seq_len), (i.batch_size, i.repeat.seq_len),
+              (i.singular.batch_size, 2)]
+    need = 2 * state + max(memory.forward_bytes(model.config, b, t, param.element_size())
+                           for b, t in shapes)
+    free, where = memory.available(str(param.device))
+    if need > free:
+        raise AtlasError(loaded.spec.name, f"its statistics and activations need about "
+                         f"{need / 1e9:.1f} GB of {where} on top of the weights, and "
+                         f"{free / 1e9:.1f} GB is free",
+                         "lower inputs.seq_len or inputs.batch_size, capture.points_per_site, "
+                         "or disable experiments you do not need ([experiments.NAME] enabled = "
+                         "false); or use a larger machine")
 
 
 def _check_result(exp: Experiment, result: Result) -> None:

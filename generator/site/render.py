@@ -23,7 +23,7 @@ from generator.artifacts import table_csv
 from generator.capture.sites import POINT_MEANING
 from generator.errors import AtlasError
 from generator.experiment import ChartView, Experiment, registry
-from generator.fsutil import swap_in, temp_dir_for
+from generator.fsutil import NO_SPACE, disk_full, swap_in, temp_dir_for
 from generator.site import history
 from generator.site.chart_files import chart_files
 from generator.site.findings import claims_for, fmt, headline_values, headlines, load_build
@@ -63,6 +63,10 @@ def render(artifacts: Path, docs: Path) -> None:
     try:
         _write_pages(build, environment(), tmp, artifacts)
         swap_in(tmp, Path(docs).resolve())
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(Path(docs), exc) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
