@@ -29,3 +29,11 @@ class InputError(AtlasError):
 
 class CaptureError(AtlasError):
     """The rebuilt residual stream disagrees with the model's own hidden states."""
+
+
+class ExecutorError(AtlasError):
+    """The machinery that runs capture failed: this fails the run (exit 1), not just one model.
+
+    Ray cluster unreachable, a shard that failed on every try, no worker able to start. A model
+    that is merely not available (offline, too big) is a skip instead.
+    """

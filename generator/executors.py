@@ -7,10 +7,19 @@ order. Since each merge sees the same operands in the same order
 wherever the shard ran, a sharded run is byte-identical to a single-process one, and memory holds
 the result plus one shard's state, whatever the corpus size.
 
-On Ray, one actor per worker loads the model once; a shard travels as token ids plus reducer
-configs (JSON) and comes back as an `.npz` of reducer states (`reducers.dump_states`): no pickle.
-A failed shard is retried on another actor, and every failure is reported in the run summary; a
-shard that fails on every try fails its model, never silently drops data.
+On Ray, each actor loads the model itself, at the locked revision and on its own device
+(`--cpus-per-worker`, `--gpus-per-worker`); the driver keeps only the config, the tokenizer and a
+weightless (meta-device) copy of the model's structure, so Ray really takes the weights off the
+driver. A shard travels as token ids plus reducer configs (JSON) and comes back as an `.npz` of
+reducer states (`reducers.dump_states`): no pickle. A failed shard is retried on another actor,
+and every failure is reported in the run summary; a shard that fails on every try fails its
+model (and the run's exit status), never silently drops data.
+
+The cluster is the one `--address` or `RAY_ADDRESS` names (`ray job submit` and KubeRay set the
+latter; `auto` finds one started with `ray start`); resources are passed to `ray.init` only when
+this process starts its own local cluster, since an existing cluster refuses them. The generator's
+code and the Hugging Face / atlas environment variables travel to the workers in the job's
+`runtime_env`, so a remote worker runs the driver's code with the driver's hub settings.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import dataclasses
 import json
 import logging
 import os
-from collections import deque
+import socket
+import time
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +38,9 @@ import torch
 from tqdm import tqdm
 
 from generator.capture.hooks import Capture
-from generator.errors import AtlasError
+from generator.errors import AtlasError, ExecutorError, ModelLoadError
 from generator.inputs import TokenInputs
-from generator.models import ModelSpec
+from generator.models import LoadedModel, ModelSpec
 from generator.reducers.base import Reducer
 from generator.reducers.states import dump_states, from_config, load_states, merge_states
 
@@ -42,15 +53,33 @@ FAULT_DIR = "ATLAS_FAULT_DIR"
 def capture_shard(model: Any, adapter: Any, inputs: TokenInputs, reducers: list[Reducer],
                   device: Any, start: int = 0, stop: int | None = None,
                   bar: tqdm | None = None) -> int:
-    """Run the forward passes of samples [start, stop) into `reducers`; returns batches run."""
-    n = 0
-    with Capture(model, adapter, reducers) as cap:
-        for b in inputs.batches(start, stop):
-            cap.run(type(b)(b.input_ids.to(device), b.mask.to(device), b.sample_ids.to(device)))
-            n += 1
-            if bar is not None:
-                bar.update(1)
-    return n
+    """Run the forward passes of samples [start, stop) into empty `reducers`; returns batches run.
+
+    Nothing in the loop waits for the device: the residual check is read once at the end of the
+    shard (`Capture.verify`), and a reducer whose fixed-size device buffers turned out too small
+    for this data (`regrow()`, e.g. the covariance's heavy-token rows) grows them, and the shard
+    is run again from empty reducers, so the numbers are exact either way.
+    """
+    dev = torch.device(device)
+    for _ in range(8):
+        n = 0
+        with Capture(model, adapter, reducers, deferred=True) as cap:
+            for b in inputs.batches(start, stop):
+                if dev.type != "cpu":  # asynchronous copies; the host keeps its own copy
+                    b = type(b)(*(t.pin_memory().to(dev, non_blocking=True)
+                                  for t in (b.input_ids, b.mask, b.sample_ids)), host=b)
+                cap.run(b)
+                n += 1
+                if bar is not None:
+                    bar.update(1)
+            cap.verify()
+        grown = [r for r in reducers if getattr(r, "regrow", None) is not None and r.regrow()]
+        if not grown:
+            return n
+        log.info("shard %s-%s run again: %d reducer buffers grown", start, stop, len(grown))
+        for r in reducers:
+            r.reset()
+    raise ExecutorError("capture", "reducer buffers kept overflowing", "report this as a bug")
 
 
 def _n_batches(inputs: TokenInputs, start: int, stop: int) -> int:
@@ -98,17 +127,38 @@ class Local:
 
 
 class ShardWorker:
-    """A Ray actor: loads the model once, then reduces the shards it is sent."""
+    """A Ray actor: loads the model once, on its own device, then reduces the shards it is sent.
 
-    def __init__(self, spec: dict[str, Any], device: str, threads: int) -> None:
+    A model that cannot be loaded on the worker is reported by `ready` (thing, cause, fix) rather
+    than by the actor dying, so the driver can say why in the same words as a local run.
+    """
+
+    def __init__(self, spec: dict[str, Any], device: str, threads: int,
+                 fp: dict[str, Any] | None = None) -> None:
         from generator import architectures, models
         from generator.memory import reuse_freed_memory
 
         reuse_freed_memory()  # as the CLI does in the driver
         torch.set_num_threads(threads)
-        self.loaded = models.load(ModelSpec(**spec), device)
-        self.adapter = architectures.for_config(self.loaded.model.config, self.loaded.spec.name)
-        self.device = device
+        self.device, self.error = device, None
+        try:
+            self.loaded = models.load(ModelSpec(**spec), device, fp)
+            self.adapter = architectures.for_config(self.loaded.model.config, self.loaded.spec.name)
+        except AtlasError as exc:
+            self.error = {"kind": type(exc).__name__, "thing": exc.thing, "cause": exc.cause,
+                          "fix": exc.fix}
+
+    def ready(self) -> dict[str, str] | None:
+        """None once the model is loaded, else the load error's thing, cause and fix."""
+        return self.error
+
+    def position_table(self) -> Any:
+        """The learned position table as float32 numpy, or None for rotary models.
+
+        The driver holds no weights, and `pos_embed` reads this one table.
+        """
+        table = self.adapter.position_table(self.loaded.model)
+        return None if table is None else table.detach().float().cpu().numpy()
 
     def run(self, configs: list[dict[str, Any]], ids: Any, mask: Any, first: int,
             batch_size: int, mode: str, shard: int) -> bytes:
@@ -134,11 +184,124 @@ def _injected_fault(mode: str, shard: int) -> None:
     raise RuntimeError(f"injected fault in {mode} shard {shard} (first try)")
 
 
-class RayExecutor:
-    """Shards spread over `workers` Ray actors, merged in shard order as they come back."""
+SHIPPED_PREFIXES = ("HF_", "HUGGING_FACE_", "TRANSFORMERS_", "ATLAS_")
+"""Environment variables the workers get from the driver: hub token, cache, endpoint and offline
+mode (`HF_TOKEN`, `HF_HOME`, `HF_ENDPOINT`, `HF_HUB_OFFLINE`...), and the atlas' own settings."""
+SHIPPED = ("TOKENIZERS_PARALLELISM",)
+READY_TIMEOUT_S = float(os.environ.get("ATLAS_RAY_READY_TIMEOUT", "1800"))
+"""How long to wait for the first worker to load its model (an autoscaler may add the node)."""
+_STARTED_HERE = {"local": False}
 
-    def __init__(self, spec: ModelSpec, device: str, workers: int, shard_batches: int,
-                 address: str | None = None, retries: int = 2, progress: bool = True) -> None:
+
+def runtime_env(job_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job's runtime_env: this `generator` package as a module, and the shipped variables.
+
+    A field or variable that the submitted job already sets (`ray job submit --runtime-env-json`,
+    a KubeRay RayJob's `runtimeEnvYAML`) is left to the job: Ray refuses to merge a conflict.
+    """
+    env_vars = {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(SHIPPED_PREFIXES) or k in SHIPPED}
+    ours: dict[str, Any] = {"py_modules": [str(Path(__file__).resolve().parent)],
+                            "excludes": ["__pycache__", "*.pyc"], "env_vars": env_vars}
+    job_env = _submitted_job_env() if job_env is None else job_env
+    for key in [k for k in ours if k != "env_vars" and k in job_env]:
+        del ours[key]
+    if "py_modules" not in ours:
+        ours.pop("excludes", None)
+    taken = set(job_env.get("env_vars") or {})
+    ours["env_vars"] = {k: v for k, v in env_vars.items() if k not in taken}
+    return ours
+
+
+def _submitted_job_env() -> dict[str, Any]:
+    """The runtime_env of the job this driver was submitted as (`ray job submit`), or {}."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        return {}
+
+
+def worker_device(requested: str | None, gpus_per_worker: float) -> str:
+    """Where the actors put the model: a GPU exactly when each actor reserves one."""
+    if gpus_per_worker > 0:
+        if requested == "cpu":
+            raise AtlasError("--device cpu", "contradicts --gpus-per-worker "
+                             f"{gpus_per_worker:g}: the workers would reserve GPUs and not use them",
+                             "drop one of the two")
+        return "cuda"
+    if requested == "cuda":
+        raise AtlasError("--device cuda", "Ray workers reserve no GPU (--gpus-per-worker 0), so "
+                         "Ray would not give them one", "pass --gpus-per-worker 1")
+    return "cpu"
+
+
+def connect(ray: Any, address: str | None, num_cpus: int) -> None:
+    """Join the cluster `address` or RAY_ADDRESS names; with neither, start a local one.
+
+    Only a cluster started here gets resources (`num_cpus`): Ray refuses them when connecting.
+    `address="local"` rather than None, so a stray `ray start` on this machine is never joined
+    by accident with resources it would refuse.
+    """
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"log_to_driver": False, "configure_logging": False, "runtime_env": runtime_env()}
+    if target:
+        _check_reachable(target, "--address" if address else "RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        elif target:  # RAY_ADDRESS: Ray reads it, as for the plain `ray.init()` of a submitted job
+            ray.init(**quiet)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+            _STARTED_HERE["local"] = True
+    except Exception as exc:  # noqa: BLE001  (ConnectionError, RuntimeError, ValueError...)
+        where = f"--address {target}" if address else (
+            f"RAY_ADDRESS={target}" if target else "a local Ray cluster")
+        raise ExecutorError(where, f"could not start or reach a Ray cluster ({exc})"[:500],
+                            "start one with `ray start --head` and pass --address auto, check "
+                            "RAY_ADDRESS, or unset both to run a local one") from None
+
+
+def _check_reachable(target: str, flag: str, timeout: float = 10.0) -> None:
+    """Fail in seconds when nothing listens at a host:port address (Ray itself retries for minutes).
+
+    `auto` and `ray://` client addresses are left to Ray.
+    """
+    host, _, port = target.rpartition(":")
+    if "://" in target or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"{flag} {target}", f"no Ray cluster answers there ({exc})",
+                            "start one (`ray start --head`), or fix the address; the head's "
+                            "GCS port is the one `ray start` printed (default 6379)") from None
+
+
+def _capacity_problem(ray: Any, cpus: float, gpus: float) -> str | None:
+    res = ray.cluster_resources()
+    if res.get("CPU", 0) >= cpus and res.get("GPU", 0) >= gpus:
+        return None
+    return (f"the cluster has {res.get('CPU', 0):g} CPU and {res.get('GPU', 0):g} GPU, and each "
+            f"worker asks for {cpus:g} CPU and {gpus:g} GPU")
+
+
+class RayExecutor:
+    """Shards spread over `workers` Ray actors, merged in shard order as they come back.
+
+    Shards go only to actors that have loaded their model, so a cluster that can place fewer
+    actors than asked for (or adds nodes later) still makes progress.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str | None = "auto", workers: int = 2,
+                 shard_batches: int = 4, address: str | None = None, retries: int = 2,
+                 progress: bool = True, cpus_per_worker: int | None = None,
+                 gpus_per_worker: float = 0.0, fp: dict[str, Any] | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -147,53 +310,123 @@ class RayExecutor:
         self.ray, self.spec, self.retries, self.progress = ray, spec, retries, progress
         self.shard_batches = shard_batches
         self.retried: list[str] = []
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, num_cpus=None if address else workers,
-                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except Exception as exc:  # noqa: BLE001  (ConnectionError, RuntimeError, ValueError...)
-                raise AtlasError(f"--address {address or '(local)'}",
-                                 f"could not start or reach a Ray cluster ({exc})"[:400],
-                                 "start one with `ray start --head`, or drop --address "
-                                 "to run a local one") from None
-        threads = max(1, torch.get_num_threads() // workers) if not address else 1
-        actor = ray.remote(num_cpus=1, max_restarts=1)(ShardWorker)
-        self.actors = [actor.remote(dataclasses.asdict(spec), device, threads)
-                       for _ in range(workers)]
+        self.actors: list[Any] = []
+        self.live: list[int] = []
+        self.pending: dict[Any, int] = {}
+        self.errors: list[str] = []
+        self.device = worker_device(device, gpus_per_worker)
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        cpus = cpus_per_worker or (max(1, (os.cpu_count() or 1) // workers) if local else 1)
+        connect(ray, address, workers * cpus)
+        problem = _capacity_problem(ray, cpus, gpus_per_worker)
+        if problem and _STARTED_HERE["local"]:
+            raise ExecutorError("--cpus-per-worker/--gpus-per-worker", problem,
+                                "lower them, or run on a machine or cluster that has them")
+        if problem:
+            log.warning("%s; waiting up to %.0fs for the autoscaler", problem, READY_TIMEOUT_S)
+        actor = ray.remote(num_cpus=cpus, num_gpus=gpus_per_worker, max_restarts=1)(ShardWorker)
+        self.asks = f"{cpus:g} CPU and {gpus_per_worker:g} GPU"
+        try:
+            self.actors = [actor.remote(dataclasses.asdict(spec), self.device, int(max(1, cpus)),
+                                        fp) for _ in range(workers)]
+            self.pending = {a.ready.remote(): i for i, a in enumerate(self.actors)}
+            self._first_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _first_ready(self) -> None:
+        """Wait for one actor to hold the model; raise the load error if the model cannot load."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.live:
+            if not self.pending:
+                raise ExecutorError(f"Ray workers for {self.spec.name}", "none could start: "
+                                    + "; ".join(self.errors)[:400],
+                                    "see the worker logs (`ray logs`, or the dashboard)")
+            left = deadline - time.monotonic()
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=max(0.0, left))
+            if not ready:
+                raise ExecutorError(
+                    f"Ray workers for {self.spec.name}", f"none had loaded the model after "
+                    f"{READY_TIMEOUT_S:.0f}s; each asks for {self.asks}, the cluster has "
+                    f"{self.ray.cluster_resources()}",
+                    "lower --cpus-per-worker/--gpus-per-worker, add nodes, or raise "
+                    "ATLAS_RAY_READY_TIMEOUT (seconds) for a slow download")
+            self._on_ready(ready[0])
+
+    def _on_ready(self, ref: Any) -> None:
+        i = self.pending.pop(ref)
+        try:
+            error = self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001  (the actor died while loading)
+            self.errors.append(f"worker {i}: {_why(exc)}")
+            return
+        if error is None:
+            self.live.append(i)
+        elif error["kind"] == "ModelLoadError":  # the model is not available there: say why
+            raise ModelLoadError(error["thing"], error["cause"], error["fix"])
+        else:
+            self.errors.append(f"worker {i}: {error['thing']}: {error['cause']}")
+
+    def position_table(self) -> Any:
+        """The learned position table from a worker (the driver holds no weights)."""
+        return self.ray.get(self.actors[self.live[0]].position_table.remote())
+
+    def _dispatch(self, queue: deque, inflight: dict[Any, tuple[int, int]], load: Counter,
+                  tries: list[int], failed_on: list[set[int]], plan: list[tuple[int, int]],
+                  configs: list[dict[str, Any]], inputs: TokenInputs) -> None:
+        """Send queued shards to ready actors, two in flight each.
+
+        A retried shard avoids the actors it failed on when another one is ready.
+        """
+        while queue and self.live:
+            k = queue[0]
+            turn = (k + tries[k]) % len(self.live)
+            order = self.live[turn:] + self.live[:turn]
+            a = min([i for i in order if i not in failed_on[k]] or order, key=lambda i: load[i])
+            if load[a] >= 2:
+                return
+            queue.popleft()
+            start, stop = plan[k]
+            ref = self.actors[a].run.remote(configs, inputs.ids[start:stop].numpy(),
+                                            inputs.mask[start:stop].numpy(), inputs.first + start,
+                                            inputs.batch_size, inputs.mode, k)
+            inflight[ref] = (k, a)
+            load[a] += 1
 
     def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str) -> int:
         ray = self.ray
         configs = [r.config() for r in reducers]
         plan = inputs.shards(self.shard_batches)
         queue, tries = deque(range(len(plan))), [0] * len(plan)
-        inflight: dict[Any, int] = {}
+        failed_on: list[set[int]] = [set() for _ in plan]
+        inflight: dict[Any, tuple[int, int]] = {}
+        load: Counter = Counter()
         done: dict[int, bytes] = {}
         merged = 0
         with tqdm(total=len(plan), desc=f"{label} (ray)", unit="shard",
                   disable=not self.progress, leave=False) as bar:
             while queue or inflight:
-                while queue and len(inflight) < 2 * len(self.actors):
-                    k = queue.popleft()
-                    start, stop = plan[k]
-                    actor = self.actors[(k + tries[k]) % len(self.actors)]
-                    ref = actor.run.remote(configs, inputs.ids[start:stop].numpy(),
-                                           inputs.mask[start:stop].numpy(), inputs.first + start,
-                                           inputs.batch_size, inputs.mode, k)
-                    inflight[ref] = k
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                k = inflight.pop(ready[0])
+                self._dispatch(queue, inflight, load, tries, failed_on, plan, configs, inputs)
+                ready, _ = ray.wait(list(inflight) + list(self.pending), num_returns=1)
+                if ready[0] in self.pending:  # another actor has loaded its model: it joins
+                    self._on_ready(ready[0])
+                    continue
+                k, a = inflight.pop(ready[0])
+                load[a] -= 1
                 try:
                     done[k] = ray.get(ready[0])
                 except Exception as exc:  # noqa: BLE001  (task error or lost actor: both retried)
                     tries[k] += 1
-                    why = str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1][:200]
+                    failed_on[k].add(a)
+                    why = _why(exc)
                     self.retried.append(f"{label} shard {k}: try {tries[k]} failed ({why})")
                     log.warning("%s shard %d failed (%s); retrying", label, k, why)
                     if tries[k] > self.retries:
-                        raise AtlasError(f"{label} shard {k}",
-                                         f"failed on all {tries[k]} tries; last error: {why}",
-                                         "see the worker logs; the model's results were not "
-                                         "written, rerun when fixed") from None
+                        raise ExecutorError(f"{label} shard {k}",
+                                            f"failed on all {tries[k]} tries; last error: {why}",
+                                            "see the worker logs; the model's results were not "
+                                            "written, rerun when fixed") from None
                     queue.appendleft(k)
                     continue
                 while merged in done:
@@ -205,4 +438,46 @@ class RayExecutor:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
-        self.actors = []
+        self.actors, self.live, self.pending = [], [], {}
+
+
+def _why(exc: BaseException) -> str:
+    return str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1][:200]
+
+
+def driver_model(spec: ModelSpec, fp: dict[str, Any], executor: RayExecutor) -> LoadedModel:
+    """What the driver of a Ray run holds: config, tokenizer, and the model's structure (no weights).
+
+    The structure lives on the meta device; input sizes, block count and width come from it. The
+    one table an experiment reads from the weights (a learned position table) is fetched from a
+    worker. Every forward runs on the workers.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from generator import architectures, models
+
+    where, gguf_file, local = models.resolve(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": False,
+                              "local_files_only": local or models._offline()}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if spec.revision and not local:
+        kwargs["revision"] = spec.revision
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+        arch = architectures.for_config(config, spec.name)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (as models.load: every cause explained)
+        raise models._explain(spec, where, gguf_file, local, exc) from exc
+    dtype = models._dtype(spec)
+    with torch.device("meta"):
+        shell = AutoModel.from_config(config).to(dtype).eval()
+    if arch.pos_embed is not None:
+        table = executor.position_table()
+        shell.get_submodule(arch.pos_embed).weight = torch.nn.Parameter(
+            torch.tensor(table), requires_grad=False)
+    torch.set_grad_enabled(False)
+    return LoadedModel(spec, shell, tokenizer,
+                       {**fp, "tokenizer_sha256": models.tokenizer_hash(tokenizer)})

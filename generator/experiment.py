@@ -44,6 +44,26 @@ class Claim:
     default: float
     text: str
     """The claim in words; `{t}` is replaced by the threshold."""
+    where: Callable[[Result, float], str] | None = None
+    """Optional: where the claim holds, in words, from the stored result and the threshold in
+    effect (for a per-block pattern: how many blocks reach it, from which block); shown beside
+    the verdict, so a pooled number never hides where it fails."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A per-block curve drawn for every model on one relative-depth axis (the Compare page).
+
+    `rows(result)` returns `{"block": int, "value": float}` rows, optionally with a `series`
+    (e.g. "position 0" and "other positions"); blocks are mapped to relative depth
+    (block / (blocks - 1), 0 to 1) so models of different depths share the axis.
+    """
+
+    name: str
+    title: str
+    y_title: str
+    rows: Callable[[Result], list[dict[str, Any]]]
+    log_y: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,9 @@ class Context:
     input_labels: dict[str, list[str]] = field(default_factory=dict)
     valid_tokens: dict[str, int] = field(default_factory=dict)
     """Non-padding tokens each input mode will run."""
+    absent_points: dict[str, str] = field(default_factory=dict)
+    """Capture points this model's blocks do not have, with the reason (`resid_attn` of a
+    parallel block): they never reach a reducer, so experiments leave their sites out."""
 
     def population(self, mode: str, n_sites: int) -> int:
         """(site, token) pairs a reducer over `n_sites` sites will see: sizes reservoir intake."""
@@ -111,6 +134,8 @@ class ChartView:
     model: str
     seed: int
     max_chart_points: int = 4000
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """The suite's claim thresholds in effect (`[claims]`), for charts that draw one."""
 
 
 Needs = dict[str, dict[str, Any]]
@@ -145,6 +170,14 @@ class Experiment:
     """Tables shown on the page (all tables are stored and downloadable)."""
     skip: Callable[[Context, Any], str | None] = never
     """Why the experiment does not apply to a model (shown as "not applicable"), or None."""
+    empty_note: str = ""
+    """Shown on the page when no model of the build has a result for it: what the page would
+    show, why it is empty and where to see it (Markdown)."""
+    paper_figures: Mapping[str, str] = field(default_factory=dict)
+    """Chart name -> the paper's figure it redraws, in words (the methods page maps them; a
+    chart not listed is this report's own addition)."""
+    comparisons: tuple[Comparison, ...] = ()
+    """Per-block curves the Compare page draws across models."""
     module: str = ""
     """The declaring module (set by the registry; the cache digests its compute path)."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from generator import __version__, artifacts, cache, inputs, memory, models
-from generator.errors import AtlasError, SuiteError
+from generator.errors import AtlasError, ExecutorError, SuiteError
 from generator.experiment import Context, Experiment, Result, registry
 from generator.fsutil import DiskFullError, exclusive
 from generator.suite import Suite, check_params
@@ -40,6 +40,11 @@ class Summary:
 
     models: list[str] = field(default_factory=list)
     """The models this run was asked to build."""
+    failed: list[str] = field(default_factory=list)
+    """Models whose capture machinery failed (Ray unreachable, a shard failing every try): unlike
+    a model that is not available, this fails the run."""
+    notes: list[str] = field(default_factory=list)
+    """Things to know that change no number (e.g. a hub model not pinned by the lock)."""
 
     @property
     def built_nothing(self) -> bool:
@@ -55,11 +60,13 @@ class Summary:
         """
         if self.built_nothing:
             return 3
-        return 1 if strict and self.skipped else 0
+        return 1 if self.failed or (strict and self.skipped) else 0
 
     def outcome(self) -> str:
         if self.built_nothing:
             return "failed: no model could be built (exit status 3)"
+        if self.failed:
+            return f"failed: the capture of {', '.join(self.failed)} failed (exit status 1)"
         if self.skipped:
             return ("partial: some parts were skipped (exit status 0; 1 with --strict)")
         return "complete (exit status 0)"
@@ -73,6 +80,8 @@ class Summary:
         out += [f"  n/a        {e}: {why}" for e, why in self.not_applicable.items()]
         out += [f"  skipped    {e}: {why}" for e, why in self.skipped.items()]
         out += [f"  retried    {r}" for r in self.retried]
+        out += [f"  failed     {m}" for m in self.failed]
+        out += [f"  note       {n}" for n in self.notes]
         out.append(f"outcome: {self.outcome()}")
         return out
 
@@ -86,6 +95,11 @@ class Execution:
     address: str | None = None
     dtype: str | None = None
     """Overrides every model's `dtype` (float32, bfloat16, float16)."""
+    cpus_per_worker: int | None = None
+    """CPUs each Ray actor reserves (and its torch threads); default: a local cluster's cores
+    split among the workers, 1 on an existing cluster."""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray actor reserves; above 0 the actors put the model on CUDA."""
 
 
 def versions() -> dict[str, str]:
@@ -106,10 +120,23 @@ def experiment_params(suite: Suite) -> dict[str, Any]:
 
 
 def run(suite: Suite, out: Path, only: list[str] | None = None, device: str | None = None,
-        progress: bool = True, execution: Execution = Execution()) -> Summary:
+        progress: bool = True, execution: Execution = Execution(),
+        lock: Path | None = None) -> Summary:
+    """Build the suite's models into `out`; hub models at the commit `lock` records.
+
+    `lock` defaults to `models.lock.json` beside the suite (see `releases.pin`).
+    """
+    from generator import releases
+
     params = experiment_params(suite)
+    chosen = [m for m in suite.models if not only or m.name in only]
+    pinned, notes = releases.pin(chosen, releases.lock_path_for(suite, lock))
+    by_name = {m.name: m for m in pinned}
+    suite = dataclasses.replace(suite, models=[by_name.get(m.name, m) for m in suite.models])
     with exclusive(Path(out), "run"):
-        return _run_locked(suite, Path(out), params, only, device, progress, execution)
+        summary = _run_locked(suite, Path(out), params, only, device, progress, execution)
+    summary.notes[:0] = notes
+    return summary
 
 
 def _run_locked(suite: Suite, out: Path, params: dict[str, Any], only: list[str] | None,
@@ -140,6 +167,8 @@ def _run_locked(suite: Suite, out: Path, params: dict[str, Any], only: list[str]
         except DiskFullError:
             raise  # every later write would fail too
         except AtlasError as exc:
+            if isinstance(exc, ExecutorError):
+                summary.failed.append(spec.name)
             summary.skipped[spec.name] = str(exc).replace("\n  fix:", "; fix:")
             _write_status(store, spec.name, "skipped", str(exc))
         except KeyboardInterrupt:
@@ -191,16 +220,24 @@ def run_model(suite: Suite, spec: models.ModelSpec, params: dict[str, Any], stor
     import torch
 
     t0 = time.perf_counter()
-    dev = pick_device(device or suite.capture.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    loaded = models.load(spec, dev, fp)
-    _write_status(store, spec.name, "ok", provenance={**loaded.provenance, "versions": versions()})
     executor = None
-    if execution.executor == "ray":
-        from generator.executors import RayExecutor
+    if execution.executor == "ray":  # the actors load the weights; the driver keeps the config
+        from generator.executors import RayExecutor, driver_model
 
-        executor = RayExecutor(spec, dev, execution.workers, suite.capture.shard_batches,
-                               execution.address, progress=progress)
+        executor = RayExecutor(spec, device or suite.capture.device, execution.workers,
+                               suite.capture.shard_batches, execution.address, progress=progress,
+                               cpus_per_worker=execution.cpus_per_worker,
+                               gpus_per_worker=execution.gpus_per_worker, fp=fp)
+        try:
+            loaded = driver_model(spec, fp, executor)
+        except BaseException:
+            executor.close()
+            raise
+    else:
+        loaded = models.load(spec, pick_device(device or suite.capture.device), fp)
+    loaded.provenance.update(model_facts(loaded))
+    _write_status(store, spec.name, "ok", provenance={**loaded.provenance, "versions": versions()})
     try:
         summary.forwards += run_loaded(suite, loaded, {n: params[n] for n in todo}, keys, store,
                                        summary, progress, load_seconds=time.perf_counter() - t0,
@@ -209,6 +246,18 @@ def run_model(suite: Suite, spec: models.ModelSpec, params: dict[str, Any], stor
         if executor is not None:
             summary.retried += executor.retried
             executor.close()
+
+
+def model_facts(loaded: models.LoadedModel) -> dict[str, Any]:
+    """Family, depth, width, size and dtype: what the Compare page lines models up by."""
+    from generator import architectures
+
+    model = loaded.model
+    arch = architectures.for_config(model.config, loaded.spec.name)
+    return {"family": arch.name, "model_type": str(model.config.model_type),
+            "n_blocks": int(arch.n_blocks(model)), "d_model": int(model.config.hidden_size),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "dtype": loaded.spec.dtype}
 
 
 def pick_device(name: str) -> str:
@@ -234,7 +283,17 @@ def context(suite: Suite, loaded: models.LoadedModel,
                    tokenizer=loaded.tokenizer, model=model, architecture=arch,
                    capture=suite.capture,
                    input_labels={m: t.labels for m, t in token_inputs.items()},
-                   valid_tokens={m: int(t.mask.sum()) for m, t in token_inputs.items()})
+                   valid_tokens={m: int(t.mask.sum()) for m, t in token_inputs.items()},
+                   absent_points=arch.absent(model.config))
+
+
+def _absent_point(ctx: Context, exp: str, params: Any) -> str | None:
+    """Not applicable: the experiment reads a capture point this model does not have."""
+    point = getattr(params, "point", None)
+    if point not in ctx.absent_points:
+        return None
+    return (f"{ctx.model_name} has {ctx.absent_points[point]}; {point} does not exist there "
+            f"(set [experiments.{exp}] point to another capture point)")
 
 
 def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
@@ -257,7 +316,7 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
         executor = Local(model, ctx.architecture, device, suite.capture.shard_batches, progress)
     wanted: dict[str, dict[str, dict[str, Any]]] = {}
     for e, exp in exps.items():
-        reason = exp.skip(ctx, params[e])
+        reason = exp.skip(ctx, params[e]) or _absent_point(ctx, e, params[e])
         if reason:
             summary.not_applicable[f"{name}/{e}"] = reason
             _put(store, loaded, exp, keys[e], Result(notes=[reason]), ctx, params[e],
@@ -280,6 +339,7 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
         try:
             result = exps[e].compute(ctx, params[e], need)
             _check_result(exps[e], result)
+            result.notes += [f"No {p} for {name}: {why}." for p, why in ctx.absent_points.items()]
         except AtlasError:
             raise
         except (MemoryError, RuntimeError) as exc:

@@ -79,6 +79,21 @@ class CaptureOptions:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """A hub query for new releases, listed as candidates in the release pull request.
+
+    Never added to the suite automatically: a person decides what joins the atlas.
+    """
+
+    author: str | None = None
+    """Hub user or organisation, e.g. `meta-llama`."""
+    search: str | None = None
+    """Substring of the model id, e.g. `Llama-3`."""
+    limit: int = 10
+    """How many of the most recently modified matches to list."""
+
+
+@dataclass(frozen=True)
 class Suite:
     title: str = "latent-atlas report"
     seed: int = 42
@@ -90,6 +105,8 @@ class Suite:
     which keys exist and their defaults."""
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per experiment: `enabled` plus its own parameters (checked by the experiment)."""
+    watch: list[Watch] = field(default_factory=list)
+    """`[[watch]]` hub queries whose new models the release watch lists as candidates."""
     path: str = field(default="", metadata={"internal": True})
     digest: str = field(default="", metadata={"internal": True})
 
@@ -136,6 +153,13 @@ def _check(suite: Suite, file: str) -> None:
             raise SuiteError(f"{file}: [[models]] {m.name}",
                              "needs exactly one of `id`, `path`, `embedded`",
                              "e.g. id = \"gpt2\" or path = \"models/x.gguf\"")
+    for n, w in enumerate(suite.watch):
+        if not (w.author or w.search) or w.limit < 1:
+            raise SuiteError(f"{file}: watch[{n}]", "needs `author` or `search`, and `limit` of at "
+                             "least 1", "e.g. [[watch]] author = \"meta-llama\" limit = 5")
+        if w.author is not None and not SAFE_NAME.fullmatch(w.author):
+            raise SuiteError(f"{file}: watch[{n}].author {w.author!r}", "not a hub user or "
+                             "organisation name", "e.g. author = \"meta-llama\"")
     from generator.experiment import claim_defaults
 
     known = claim_defaults()

@@ -225,3 +225,20 @@ def run_planted(exp, ctx, make_h, params=None, mode="text"):
     for m, reducers in needs.items():
         feed(list(reducers.values()), ctx.n_blocks, ctx.n_samples[m], ctx.seq_len[m], make_h)
     return exp.compute(ctx, params, needs)
+
+
+def only_experiments(path: Path, keep: tuple[str, ...]) -> Path:
+    """Disable every experiment of a `write_suite` file but `keep`: runner tests that need no more."""
+    from generator.experiment import registry
+
+    text = path.read_text()
+    for name in registry():
+        header = f"[experiments.{name}]\n"
+        if name in keep:
+            continue
+        if header in text:
+            text = text.replace(header, header + "enabled = false\n")
+        else:
+            text += f"\n{header}enabled = false\n"
+    path.write_text(text)
+    return path

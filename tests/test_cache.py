@@ -82,7 +82,8 @@ def test_a_new_module_is_a_new_page_and_a_chart_edit_needs_no_forward_pass(
         (tmp_path / "docs" / render.NAV_FILE).read_text())]
 
     throwaway.write_text(throwaway.read_text().replace(
-        '"Mean norm of every capture point across depth"', '"Restyled: norm across depth"'))
+        '"Norm of every capture point across depth, position 0 apart"',
+        '"Restyled: norm across depth"'))
     _fresh()
     again = runner.run(suite, tmp_path / "a", progress=False)
     assert again.forwards == 0 and not again.generated

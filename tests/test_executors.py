@@ -1,13 +1,23 @@
-"""Sharded capture: shard states merge exactly, from files or from Ray actors (local cluster)."""
+"""Sharded capture: shard states merge exactly, from files, from Ray actors on a cluster this
+process starts, and on a real cluster (`ray start --head`) reached through RAY_ADDRESS."""
 
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import padded_ids, tiny_llama, write_suite
 
 from generator import architectures as adapters
+from generator import executors
 from generator.capture.sites import all_sites
 from generator.executors import FAULT_DIR, Local, capture_shard
 from generator.inputs import TokenInputs
@@ -125,9 +135,17 @@ def _files(root):
 
 
 @pytest.mark.slow
-def test_ray_sharded_run_is_byte_identical_and_retries_a_failed_shard(ray_env, sharded_suite):
+def test_ray_sharded_run_is_byte_identical_and_retries_a_failed_shard(ray_env, sharded_suite,
+                                                                      monkeypatch):
+    from generator import models
+
     root, suite = sharded_suite
     (ray_env / "text-1").write_text("")  # shard 1 of the text pass fails once
+
+    def no_weights_here(*args, **kwargs):
+        raise AssertionError("the driver of a Ray run must not load the weights")
+
+    monkeypatch.setattr(models, "load", no_weights_here)  # this process only: actors load their own
     s = run(load_suite(suite), root / "ray", progress=False, execution=Execution("ray", 2))
     assert not s.skipped, s.skipped
     assert s.retried and "text shard 1: try 1 failed" in s.retried[0]
@@ -145,6 +163,163 @@ def test_a_shard_failing_every_try_fails_its_model_and_writes_nothing(ray_env, s
     finally:
         (ray_env / "singular-1.always").unlink()
     assert "singular shard 1" in s.skipped["tiny-gpt2"] and "3 tries" in s.skipped["tiny-gpt2"]
+    assert s.failed == ["tiny-gpt2"] and s.exit_code() != 0
     assert len([r for r in s.retried if "singular shard 1" in r]) == 3
     manifest = json.loads((root / "bad/manifest.json").read_text()) if (root / "bad/manifest.json").exists() else {}
     assert not [e for e in manifest if e.endswith("/vocab")]  # nothing built from partial data
+
+
+def test_a_failed_capture_fails_the_run_while_a_missing_model_does_not():
+    from generator.pipeline import Summary
+
+    s = Summary(generated=["a/norms"], skipped={"b": "not available"}, models=["a", "b"])
+    assert s.exit_code() == 0 and s.exit_code(strict=True) == 1
+    s.failed.append("b")
+    assert s.exit_code() == 1 and s.outcome().startswith("failed: the capture of b failed")
+
+
+def test_the_runtime_env_ships_the_code_and_hub_settings_but_leaves_the_jobs_own(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_HOME", "/shared/hf")
+    monkeypatch.setenv("UNRELATED", "x")
+    env = executors.runtime_env({})
+    assert env["py_modules"] == [str(Path(executors.__file__).parent)]
+    assert env["env_vars"]["HF_TOKEN"] == "hf_secret" and env["env_vars"]["HF_HOME"] == "/shared/hf"
+    assert "UNRELATED" not in env["env_vars"]
+    job = {"working_dir": ".", "py_modules": ["x"], "env_vars": {"HF_HOME": "/job/hf"}}
+    env = executors.runtime_env(job)  # `ray job submit --runtime-env-json ...` wins (Ray refuses both)
+    assert "py_modules" not in env and "excludes" not in env
+    assert "HF_HOME" not in env["env_vars"] and env["env_vars"]["HF_TOKEN"] == "hf_secret"
+
+
+def test_workers_get_a_gpu_exactly_when_they_reserve_one():
+    from generator.errors import AtlasError
+
+    assert executors.worker_device("auto", 0) == "cpu" and executors.worker_device("auto", 1) == "cuda"
+    with pytest.raises(AtlasError, match="--gpus-per-worker 1"):
+        executors.worker_device("cuda", 0)
+    with pytest.raises(AtlasError, match="contradicts"):
+        executors.worker_device("cpu", 0.5)
+
+
+def test_an_address_where_nothing_listens_fails_in_seconds(sharded_suite, tmp_path):
+    root, suite = sharded_suite
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "generator", "run", "--suite", str(suite), "--out",
+                        str(tmp_path / "o"), "--executor", "ray", "--no-progress"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert r.returncode != 0 and time.time() - t0 < 120
+    assert f"RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster answers there" in r.stdout
+    assert "failed     tiny-gpt2" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real cluster: `ray start --head --block` in its own session, stopped (group) at teardown.
+
+    Its environment has no ATLAS_* or HF_* variables: what workers see of those came through the
+    job's runtime_env. Its temp dir is private, so no other Ray on this machine finds it.
+    """
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are limited
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "ATLAS_", "HF_"))}
+    env["RAY_AUTH_MODE"] = "token"  # Ray's default for `ray start`, said explicitly
+    log = open(temp / "start.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", "0",
+                             "--num-cpus", "2", "--temp-dir", str(temp), "--include-dashboard",
+                             "false", "--disable-usage-stats", "--object-store-memory",
+                             str(200 * 2**20), "--block"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        address = _wait_for_head(temp, proc)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        _kill_leftovers(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_head(temp, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("ray start exited: " + (temp / "start.log").read_text()[-2000:])
+        f = temp / "ray_current_cluster"
+        if f.is_file() and f.read_text().strip():
+            host, _, port = f.read_text().strip().rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                return f"{host}:{port}"
+            except OSError:
+                pass
+        time.sleep(0.5)
+    raise RuntimeError("the Ray head did not come up: " + (temp / "start.log").read_text()[-2000:])
+
+
+def _kill_leftovers(temp):
+    """Any process still naming this cluster's temp dir (only ours), by pid."""
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp) in cmd:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _driver(suite, out, address, *extra, **env_extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_",)) and k != FAULT_DIR}
+    return subprocess.run([sys.executable, "-m", "generator", "run", "--suite", str(suite), "--out",
+                           str(out), "--executor", "ray", "--shards", "2", "--no-progress", *extra],
+                          capture_output=True, text=True, timeout=600,
+                          # a driver outside the cluster sends the cluster's token (~/.ray) only
+                          # when told to; inside `ray job submit` the job's environment says so
+                          env={**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", **env_extra})
+
+
+@pytest.mark.slow
+def test_a_run_on_an_existing_cluster_through_ray_address_matches_a_local_run(ray_cluster,
+                                                                             sharded_suite):
+    root, suite = sharded_suite
+    r = _driver(suite, root / "cluster", ray_cluster)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert _without_keys(root / "cluster") == _without_keys(root / "local")  # byte for byte
+
+
+def _without_keys(root):
+    """Every file byte for byte, but compute keys blanked: a key covers the code on the compute
+    path, which other sessions sharing this checkout may edit between the two runs."""
+    files = _files(root)
+    for name, data in files.items():
+        if name.endswith("provenance.json") or name == "manifest.json":
+            text = json.loads(data)
+            for v in [text] + [v for v in text.values() if isinstance(v, dict)]:
+                v.pop("cache_key", None)
+                v.pop("key", None)
+            files[name] = json.dumps(text, sort_keys=True).encode()
+    return files
+
+
+@pytest.mark.slow
+def test_a_model_failing_on_the_cluster_fails_the_run(ray_cluster, sharded_suite, tmp_path):
+    root, suite = sharded_suite
+    (tmp_path / "singular-0.always").write_text("")
+    # the fault hook reaches the workers only through the job's runtime_env (the cluster has none)
+    r = _driver(suite, tmp_path / "out", ray_cluster, **{FAULT_DIR: str(tmp_path)})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "failed     tiny-gpt2" in r.stdout and "injected fault in singular shard 0" in r.stdout

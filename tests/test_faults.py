@@ -260,3 +260,15 @@ def test_exit_status_says_what_ci_can_rely_on(reference, tmp_path):
                                              {"name": "gone", "path": str(tmp_path / "no")}])
     s = runner.run(load_suite(both), tmp_path / "o2", progress=False)
     assert s.exit_code() == 0 and s.exit_code(strict=True) == 1 and s.outcome().startswith("partial")
+
+
+def test_activations_that_overflow_are_named_not_blamed_on_the_wiring(tmp_path):
+    model = tiny_gpt2()
+    with torch.no_grad():  # finite weights whose MLP output overflows float32
+        model.h[0].mlp.c_fc.weight.fill_(1e30)
+        model.h[0].mlp.c_proj.weight.fill_(1e30)
+    path = save_tiny_folder(tmp_path / "overflow", model)
+    suite = small_suite(tmp_path / "s.toml", [{"name": "overflow", "path": str(path)}])
+    s = runner.run(load_suite(suite), tmp_path / "out", progress=False)
+    why = s.skipped["overflow"]
+    assert "NaN or infinite values" in why and "not a wiring problem" in why and "bfloat16" in why

@@ -1,6 +1,6 @@
-"""GPT-2: pre-norm blocks `h[i]` with `ln_1, attn, ln_2, mlp`, final `ln_f`, learned `wpe`.
+"""GPT-2: `h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))`, learned position table `wpe`.
 
-Residual: x + attn(ln_1(x)), then + mlp(ln_2(.)).
+The residual dropouts sit inside `attn` and `mlp`, so their outputs are exact contributions.
 """
 
 from generator.architectures import Architecture
@@ -15,5 +15,6 @@ FAMILY = Architecture(
     mlp="mlp",
     norm_final="ln_f",
     pos_embed="wpe",
-    position_scheme="learned table",
+    position_scheme="learned",
+    examples=("openai-community/gpt2", "openai-community/gpt2-medium"),
 )

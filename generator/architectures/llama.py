@@ -1,18 +1,15 @@
-"""LLaMA family (LLaMA, Mistral, Qwen2/3, SmolLM): rotary positions, so no learned table.
+"""LLaMA: `h = x + self_attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))`.
 
-Residual: x + self_attn(input_layernorm(x)), then + mlp(post_attention_layernorm(.)).
+The default declaration: every field is the default. Also SmolLM2 (the embedded model).
 """
 
-from generator.architectures import Architecture
+from generator.architectures import SOURCE_READ, TINY_RUN, Architecture
 
 FAMILY = Architecture(
     name="llama",
-    model_types=("llama", "mistral", "qwen2", "qwen3"),
-    blocks="layers",
-    norm_attn="input_layernorm",
-    attn="self_attn",
-    norm_mlp="post_attention_layernorm",
-    mlp="mlp",
-    norm_final="norm",
-    pos_embed=None,
+    model_types=("llama",),
+    examples=("meta-llama/Llama-3.2-1B", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    verified=(SOURCE_READ, TINY_RUN,
+              "real weights: SmolLM2-135M-Instruct (embedded GGUF) on every `make site` and in "
+              "tests/test_smollm2.py"),
 )

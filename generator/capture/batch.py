@@ -1,29 +1,87 @@
-"""A batch of token ids and the captured states handed to reducers, with views computed once."""
+"""A batch of token ids and the captured states handed to reducers, with views computed once.
+
+Hot path rule: nothing here waits for the capture device. What depends only on the token ids
+(padding, hashed token subsamples, reservoir candidates) is decided on the host, from the CPU
+copy of the batch (`host`), with numpy, and sent to the device as index tensors whose lengths the
+host already knows; what depends on the states stays on the device.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from generator.capture.hashing import token_hash
 from generator.capture.sites import Site
 
+_M62 = np.uint64((1 << 62) - 1)
+
+
+def token_hash_np(sample: np.ndarray, pos: np.ndarray, salt: np.ndarray | int) -> np.ndarray:
+    """`hashing.token_hash` on the host (numpy uint64, same bits): no device work, no sync."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(sample, np.int64).astype(np.uint64) * np.uint64(1_000_003)
+             + np.asarray(pos, np.int64).astype(np.uint64)
+             + (np.asarray(salt).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+        x = x * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return ((x ^ (x >> np.uint64(31))) & _M62).astype(np.int64)
+
 
 @dataclass
 class Batch:
-    """Token ids (B, T), a validity mask (padding is False) and each row's global sample index."""
+    """Token ids (B, T), a validity mask (padding is False) and each row's global sample index.
+
+    `host`: the same batch on the CPU, when the tensors above live on an accelerator (the
+    executor passes it, so host-side decisions never copy from the device).
+    """
 
     input_ids: torch.Tensor
     mask: torch.Tensor
     sample_ids: torch.Tensor
+    host: Batch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+    @cached_property
+    def _cpu(self) -> Batch:
+        if self.input_ids.device.type == "cpu":
+            return self
+        if self.host is not None:
+            return self.host
+        return Batch(self.input_ids.cpu(), self.mask.cpu(), self.sample_ids.cpu())  # one copy
+
+    @cached_property
+    def np_mask(self) -> np.ndarray:
+        """(B, T) validity mask on the host."""
+        return self._cpu.mask.numpy()
+
+    @cached_property
+    def np_sample_ids(self) -> np.ndarray:
+        return self._cpu.sample_ids.numpy().astype(np.int64)
+
+    @cached_property
+    def np_input_ids(self) -> np.ndarray:
+        return self._cpu.input_ids.numpy()
+
+    def to_device(self, a: np.ndarray) -> torch.Tensor:
+        """A host array as a tensor on the capture device (asynchronous from pinned memory)."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     @cached_property
     def flat_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sample id, position) of every valid token, in row-major order."""
-        rows, cols = self.mask.nonzero(as_tuple=True)
-        return self.sample_ids[rows], cols
+        rows, cols = np.nonzero(self.np_mask)
+        return self.to_device(self.np_sample_ids[rows]), self.to_device(cols.astype(np.int64))
 
     @cached_property
     def positions(self) -> torch.Tensor:
@@ -54,14 +112,47 @@ class Batch:
             self._subsamples[key] = keep
         return self._subsamples[key]
 
+    def np_subsample(self, every: int, min_position: int) -> np.ndarray:
+        """`subsample` decided on the host: (B, T) bool numpy, identical to the device mask."""
+        key = ("np", every, min_position)
+        if key not in self._subsamples:
+            b, t = self.np_mask.shape
+            keep = self.np_mask.copy()
+            keep[:, :min_position] = False
+            if every > 1:
+                keys = token_hash_np(self.np_sample_ids[:, None], np.arange(t)[None, :], 0)
+                keep &= keys % every == 0
+            self._subsamples[key] = keep
+        return self._subsamples[key]
+
+    def sample_index(self, every: int, min_position: int) -> tuple[torch.Tensor, int]:
+        """Flat (B*T) indices of `subsample`'s tokens on the device, and their number (host)."""
+        key = ("idx", every, min_position)
+        if key not in self._subsamples:
+            flat = np.flatnonzero(self.np_subsample(every, min_position))
+            self._subsamples[key] = (self.to_device(flat.astype(np.int64)), len(flat))
+        return self._subsamples[key]
+
+    def outside_sample(self, every: int, min_position: int) -> torch.Tensor:
+        """(B, T) device mask of valid tokens from `min_position` on that `subsample` leaves out."""
+        key = ("out", every, min_position)
+        if key not in self._subsamples:
+            out = self.np_subsample(1, min_position) & ~self.np_subsample(every, min_position)
+            self._subsamples[key] = self.to_device(out)
+        return self._subsamples[key]
+
+    def count(self, every: int, min_position: int) -> int:
+        """How many tokens `subsample` keeps (host)."""
+        return self.sample_index(every, min_position)[1]
+
     @cached_property
-    def _subsamples(self) -> dict[tuple[int, int], torch.Tensor]:
+    def _subsamples(self) -> dict:
         return {}
 
     @cached_property
     def full(self) -> bool:
         """No padding in this batch (packed text, repeats, single tokens): masks can be skipped."""
-        return bool(self.mask.all())
+        return bool(self.np_mask.all())  # host copy: no device sync
 
 
 @dataclass
@@ -79,7 +170,10 @@ class State:
     @cached_property
     def rows(self) -> torch.Tensor:
         """Valid tokens only, (N, D): padding never reaches a statistic."""
-        return self.h[self.batch.mask]
+        if self.batch.full:
+            return self.h.reshape(-1, self.h.shape[-1])
+        idx = self.batch.to_device(np.flatnonzero(self.batch.np_mask).astype(np.int64))
+        return self.h.reshape(-1, self.h.shape[-1]).index_select(0, idx)
 
     @cached_property
     def norms2d(self) -> torch.Tensor:

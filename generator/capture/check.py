@@ -1,7 +1,10 @@
-"""The residual self-check: the rebuilt stream (block input + attention + MLP) must equal the model's.
+"""The residual self-check: the stream rebuilt from the contributions must equal the model's own.
 
-An architecture declaration that points at the wrong modules is wrong at every token, so the
-check samples every `every`-th position of every batch and fails loudly, naming the block.
+Sequential blocks: input + attn == resid_attn and resid_attn + mlp == resid_mlp (the block's
+output). Parallel blocks have no mid-block residual: input + attn + mlp == resid_mlp, and the
+MLP branch's input (`mlp_in`) is the block input (a sequential block passes the sum too). A
+declaration that points at the wrong modules is wrong at every token, so the check samples every
+`every`-th position of every batch and fails loudly, naming the family and the block.
 """
 
 from __future__ import annotations
@@ -11,19 +14,42 @@ import torch
 from generator.errors import CaptureError
 
 
-def check_residual(block: int, got: dict[str, torch.Tensor], out: torch.Tensor, rtol: float,
-                   every: int = 8) -> None:
-    """Raise unless input + attn == resid_attn and resid_attn + mlp == out, at sampled positions."""
+def residual_gap(inp: torch.Tensor, got: dict[str, torch.Tensor],
+                 every: int = 8) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(largest gap, scale, what was rebuilt) at sampled positions, as device scalars (no sync)."""
     at = (slice(None), slice(None, None, every))
-    inp, attn, mid, mlp, end = (t[at] for t in (got["input"], got["attn"], got["resid_attn"],
-                                                got["mlp"], out))
-    err = torch.maximum((inp + attn - mid).abs().amax(), (mid + mlp - end).abs().amax())
-    scale = end.abs().amax() + 1.0
-    if not bool(err <= rtol * scale):
+    x, attn, mlp, end = (t[at] for t in (inp, got["attn"], got["mlp"], got["resid_mlp"]))
+    if "resid_attn" in got:
+        mid = got["resid_attn"][at]
+        err = torch.maximum((x + attn - mid).abs().amax(), (mid + mlp - end).abs().amax())
+        rebuilt = "input + attn = resid_attn, resid_attn + mlp = output"
+    else:  # any additive block passes the sum: the MLP must also read the block input
+        err = torch.maximum((x + attn + mlp - end).abs().amax(),
+                            (got["mlp_in"][at] - x).abs().amax())
+        rebuilt = "input + attn + mlp = output, and the MLP branch reads the input (parallel block)"
+    return err, end.abs().amax() + 1.0, rebuilt
+
+
+def check_residual(where: str, inp: torch.Tensor, got: dict[str, torch.Tensor], rtol: float,
+                   every: int = 8) -> None:
+    """Raise unless the rebuilt residual matches at sampled positions (`got`: the block's points)."""
+    at = (slice(None), slice(None, None, every))
+    x, attn, mlp, end = (t[at] for t in (inp, got["attn"], got["mlp"], got["resid_mlp"]))
+    err, scale, rebuilt = residual_gap(inp, got, every)
+    if not bool(err <= rtol * scale):  # NaN compares false: checked only once something is off
+        for name, t in (("its input", x), ("its output", end), ("the attention output", attn),
+                        ("the MLP output", mlp)):
+            if not bool(torch.isfinite(t).all()):
+                raise CaptureError(
+                    where, f"{name} holds NaN or infinite values: the model's activations "
+                    "overflowed (or its inputs were already broken), which is not a wiring "
+                    "problem", "use dtype = \"bfloat16\" or \"float32\" for this model (float16 "
+                    "overflows in many checkpoints); if it persists, the weights are damaged")
         raise CaptureError(
-            f"block {block}",
-            f"rebuilt residual (input + attn + mlp) differs from the block's own by "
-            f"{float(err):.3g} (scale {float(scale):.3g})",
-            "the architecture declaration's module paths do not match this model, or another "
-            "hook changes module outputs; check generator/architectures/ for this model_type",
+            where,
+            f"the residual rebuilt from the captured contributions ({rebuilt}) differs from the "
+            f"block's own by {float(err):.3g} (scale {float(scale):.3g})",
+            "the architecture declaration's module paths, parallel flag, post-norms or scale do "
+            "not match this model, or another hook changes module outputs; check its file in "
+            "generator/architectures/",
         )

@@ -14,12 +14,19 @@ RESIDUAL_POINTS = ("embed", "resid_attn", "resid_mlp", "norm_final")
 COMPONENT_POINTS = ("attn", "mlp")
 
 POINT_MEANING = {
-    "embed": "initial embedding (input to block 0; token + learned position embedding on GPT-2)",
-    "norm_attn": "output of the norm before attention",
-    "attn": "attention output, before it is added to the residual",
-    "resid_attn": "residual stream after the attention add",
-    "norm_mlp": "output of the norm before the MLP",
-    "mlp": "MLP output, before it is added to the residual",
+    "embed": "initial embedding: the input to block 0 (token embedding plus, where the family has "
+             "one, the learned position table, after any scale or embedding norm)",
+    "norm_attn": "output of the norm before attention (absent where a family has none: OLMo 2)",
+    "attn": "what the attention branch adds to the residual: the attention output, after the "
+            "post-norm in sandwich blocks (Gemma 2/3, OLMo 2), times the residual multiplier "
+            "where a family has one (Granite)",
+    "resid_attn": "residual stream after the attention add; sequential blocks only: a parallel "
+                  "block (GPT-J, Pythia, Phi, Cohere, Falcon-7B/40B) has no mid-block residual, "
+                  "so this point is not captured there",
+    "norm_mlp": "output of the norm before the MLP (in blocks with one shared norm, the same "
+                "tensor as norm_attn)",
+    "mlp": "what the MLP (or whole mixture-of-experts block) adds to the residual, after the "
+           "post-norm and multiplier where the family has them",
     "resid_mlp": "residual stream after the MLP add (the block's output)",
     "norm_final": "output of the final norm",
 }

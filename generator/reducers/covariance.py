@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -33,7 +34,9 @@ class Covariance(Reducer):
     preallocated pool (`POOL_BYTES`, reused for the whole run: a fresh block of that size per
     batch costs more in page faults than the product) and reduced by one product centered on
     their own mean, so float32 matmul loses nothing to a large offset, then merged in float64
-    on the capture device.
+    on the capture device. `drop_above=f` leaves out massive activations: tokens whose norm is
+    above f x the median norm of their site's tokens in the batch (position 0 and a few tokens
+    whose norm dwarfs the rest, which alone would decide the first components).
     """
 
     kind = "covariance"
@@ -42,15 +45,18 @@ class Covariance(Reducer):
 
     def __init__(self, sites: Iterable[Site], d_model: int, unit: bool = False, every: int = 1,
                  min_position: int = 0, matmul_dtype: torch.dtype | str = torch.float32,
-                 keep_above: float = 0.0) -> None:
+                 keep_above: float = 0.0, drop_above: float = 0.0) -> None:
         super().__init__(sites)
         if isinstance(matmul_dtype, str):
             matmul_dtype = getattr(torch, matmul_dtype)
         self.unit, self.every, self.matmul_dtype = unit, every, matmul_dtype
         self.min_position, self.keep_above = min_position, keep_above
+        self.drop_above = drop_above
         self.params = {"d_model": d_model, "unit": unit, "every": every,
                        "min_position": min_position, "keep_above": keep_above,
                        "matmul_dtype": str(matmul_dtype).removeprefix("torch.")}
+        if drop_above:  # only when set: configs (and cache keys) without it stay as they were
+            self.params["drop_above"] = drop_above
         self._state = {"n": np.zeros(()), "mean": np.zeros(d_model),
                       "m2": np.zeros((d_model, d_model))}
         self.capacity = max(64, self.POOL_BYTES // (4 * d_model))
@@ -58,47 +64,104 @@ class Covariance(Reducer):
         self._wbuf: torch.Tensor | None = None
         self._pooled = 0
         self._stratified = every > 1 and keep_above > 0
+        self._heavy_frac = self.HEAVY_FRACTION
+        self._heavy_counts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._heavy_over: torch.Tensor | None = None
+        self._heavy_need: torch.Tensor | None = None
         """Rows weigh 1 (heavy) or `every` (sampled); otherwise all weigh `every`."""
 
+    HEAVY_FRACTION = 1 / 64
+    """Rows reserved per site and batch for heavy tokens outside the hashed sample, as a fraction
+    of the site's candidate tokens (grown by `regrow` when a shard needed more)."""
+
     def update(self, state: State) -> None:
-        b = state.batch
-        keep = b.mask
-        if self.min_position > 0 or self.every > 1:
-            keep = b.subsample(self.every, self.min_position)
-        heavy = None
+        """Gather this site's rows into the pool, with weights, without any host sync.
+
+        No Python loop over data-dependent sizes: every length is known on the host first.
+
+        The hashed sample's indices come from the host. Heavy tokens (stratified) outside it are
+        compacted on the device into a fixed number of rows (`nonzero_static`, padding weighs
+        0); `regrow` reports, once per shard, whether that number was too small. Dropped tokens
+        (`drop_above`) stay in place with weight 0: the same sums as leaving them out.
+        """
+        b, mp, every = state.batch, self.min_position, self.every
+        n_cand = b.count(1, mp)
+        if n_cand == 0:
+            return
+        idx, m = b.sample_index(every, mp)
+        norms = state.norms2d.reshape(-1) if (self.unit or self._stratified
+                                              or self.drop_above > 0) else None
+        med = None
+        if self._stratified or self.drop_above > 0:
+            v = state.norms2d[:, mp:]
+            med = v.median() if b.full else torch.where(b.mask[:, mp:], v, torch.nan).nanmedian()
+        w = torch.full((m,), float(every), device=idx.device)
         if self._stratified:
-            # Norm-stratified: tokens far above this site's median norm are always kept (weight 1),
-            # the rest are the hashed 1 in `every` (weight `every`): heavy tails stay exact.
-            valid = b.subsample(1, self.min_position)
-            norms = state.norms2d
-            heavy = valid & (norms >= self.keep_above * norms[valid].median())
-            keep = keep | heavy
-        idx = keep.reshape(-1).nonzero().squeeze(1)
+            w = torch.where(norms.index_select(0, idx) >= self.keep_above * med, 1.0, w)
+        if self.drop_above > 0:
+            w = torch.where(norms.index_select(0, idx) <= self.drop_above * med, w, 0.0)
+        if self._stratified and n_cand > m:
+            k = min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
+            heavy = b.outside_sample(every, mp) & (state.norms2d >= self.keep_above * med)
+            if self.drop_above > 0:
+                heavy &= state.norms2d <= self.drop_above * med
+            flat = heavy.reshape(-1)
+            hidx = torch.nonzero_static(flat, size=k, fill_value=0).squeeze(1)
+            count = flat.sum()
+            hw = (torch.arange(k, device=flat.device) < count).float()
+            self._heavy_counts.append((count - k, count / n_cand))
+            idx, w, m = torch.cat([idx, hidx]), torch.cat([w, hw]), m + k
         src = state.h.reshape(-1, state.h.shape[-1])
         if self._buf is None:
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)
         done = 0
-        while done < len(idx):
+        while done < m:  # host-known sizes only
             if self._pooled == self.capacity:
-                self.end_batch()
-            m = min(self.capacity - self._pooled, len(idx) - done)
-            part = idx[done:done + m]
-            rows = self._buf[self._pooled:self._pooled + m]
+                self._product()
+            n = min(self.capacity - self._pooled, m - done)
+            part = idx[done:done + n] if n < m else idx
+            rows = self._buf[self._pooled:self._pooled + n]
             if src.dtype == rows.dtype:
                 torch.index_select(src, 0, part, out=rows)
             else:
                 rows.copy_(src.index_select(0, part))
             if self.unit:
-                rows.div_(state.norms2d.reshape(-1)[part].clamp_min(1e-12).unsqueeze(1))
-            weights = self._wbuf[self._pooled:self._pooled + m]  # type: ignore[index]
-            weights.fill_(float(self.every))
-            if heavy is not None:
-                weights.masked_fill_(heavy.reshape(-1)[part], 1.0)
-            self._pooled += m
-            done += m
+                rows.div_(norms.index_select(0, part).clamp_min_(1e-12).unsqueeze(1))
+            self._wbuf[self._pooled:self._pooled + n].copy_(w[done:done + n] if n < m else w)  # type: ignore[index]
+            self._pooled += n
+            done += n
+
+    def regrow(self) -> bool:
+        """Whether a batch had more heavy tokens than rows reserved (once per shard: one sync).
+
+        If so the reservation grows to what was needed and the caller runs the shard again.
+        """
+        self._flush_counts()
+        over, frac = self._heavy_over, self._heavy_need
+        self._heavy_over = self._heavy_need = None
+        if over is None or int(over) <= 0:
+            return False
+        self._heavy_frac = max(self._heavy_frac, float(frac) + 1e-9)
+        return True
+
+    def _flush_counts(self) -> None:
+        if self._heavy_counts:
+            over = torch.stack([o for o, _ in self._heavy_counts]).max()
+            need = torch.stack([f for _, f in self._heavy_counts]).max()
+            self._heavy_counts.clear()
+            if self._heavy_over is None:
+                self._heavy_over, self._heavy_need = over, need
+            else:
+                self._heavy_over = torch.maximum(self._heavy_over, over)
+                self._heavy_need = torch.maximum(self._heavy_need, need)  # type: ignore[arg-type]
 
     def end_batch(self) -> None:
+        """After the forward: the batch's heavy-row counts, then one product for its rows."""
+        self._flush_counts()
+        self._product()
+
+    def _product(self) -> None:
         """One product for the rows the batch gave from every site (called after the forward).
 
         Rows carry weights (how many tokens each stands for), so n is a weighted count and the
@@ -112,11 +175,14 @@ class Covariance(Reducer):
         x, w = self._buf[:self._pooled], self._wbuf[:self._pooled]  # type: ignore[index]
         self._pooled = 0
         n_b = w.double().sum()
-        center = (w @ x) / n_b.float()
+        n_safe = n_b.clamp_min(1e-300)  # every row dropped (weight 0): adds nothing, no NaN
+        center = (w @ x) / n_safe.float()
         x.sub_(center)
-        delta = (w @ x).double() / n_b
+        delta = (w @ x).double() / n_safe
         if self._stratified:
             x.mul_(w.sqrt().unsqueeze(1))
+        elif self.drop_above > 0:  # weights are `every` or 0 (dropped): keep the exact multiply
+            x.mul_((w > 0).unsqueeze(1))
         m2_b = gram(x.to(self.matmul_dtype)).double()
         if not self._stratified:
             m2_b *= float(self.every)
@@ -131,9 +197,9 @@ class Covariance(Reducer):
 
     def reset(self) -> None:
         """Empty again; the row pool is kept (it holds nothing between batches)."""
-        buf, wbuf = self._buf, self._wbuf
+        buf, wbuf, frac = self._buf, self._wbuf, self._heavy_frac
         super().reset()
-        self._buf, self._wbuf = buf, wbuf
+        self._buf, self._wbuf, self._heavy_frac = buf, wbuf, frac
 
     def _fold(self) -> None:
         self.end_batch()

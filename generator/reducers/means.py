@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from generator.capture.batch import State
+from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
 from generator.reducers.base import Sums
 
@@ -22,49 +22,116 @@ class MeanState(Sums):
     chart or metric resolves), and shards add up in float64. These are the largest states
     (sites x positions x width: 160 MB for GPT-2's 26 residual sites x 1024 positions in
     float64), so the shard copy at half size keeps a many-shard run's memory near a one-shard
-    run's.
+    run's. With `min_position=k`, an average over positions leaves out positions before k
+    (position 0, whose norm can dwarf the rest, would otherwise decide every such average).
     """
 
     kind = "mean_state"
 
     def __init__(self, sites: Iterable[Site], d_model: int, keep: tuple[str, ...],
-                 seq_len: int = 1, max_samples: int = 1) -> None:
+                 seq_len: int = 1, max_samples: int = 1, min_position: int = 0) -> None:
         super().__init__(sites)
         keep = tuple(keep)
         self.keep, self.seq_len = keep, seq_len
         self.params = {"d_model": d_model, "keep": list(keep), "seq_len": seq_len,
                        "max_samples": max_samples}
+        self.min_position = min_position if "position" not in keep else 0
+        if self.min_position:  # only when set: configs (and cache keys) without it stay as they were
+            self.params["min_position"] = self.min_position
         self.dims = (len(self.sites) if "site" in keep else 1,
                      max_samples if "sample" in keep else 1,
                      seq_len if "position" in keep else 1)
         n_slots = int(np.prod(self.dims))
         self._state = {"sum": np.zeros((n_slots, d_model)), "count": np.zeros(n_slots)}
+        self._batch: Batch | None = None
+        self._seen: list[int] = []
+        self._ids: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._sel: dict[tuple[int, ...], torch.Tensor] = {}
 
     def update(self, state: State) -> None:
+        b = state.batch
+        if self._batch is not None and b is not self._batch:
+            self.end_batch()
+        self._batch = b
         n_site, n_sample, n_pos = self.dims
         site_i = self.index[(state.site.point, state.site.block)] if n_site > 1 else 0
-        fm = state.batch.fmask
-        hm = state.h.float() if state.batch.full else state.h.float() * fm.unsqueeze(-1)
-        t = hm.shape[1]  # hm: (B, T, D), zero at padding
+        self._seen.append(site_i)
+        h = state.h if b.full else state.h * b.fmask.unsqueeze(-1)  # zero at padding
+        if self.min_position:  # averaged over positions: leave the first ones out
+            h = h[:, self.min_position:]
+        t = h.shape[1]
         if self._dev is None:
-            self._dev = self._zeros(hm, torch.float32)
+            self._dev = self._zeros(h, torch.float32)
         acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]
-        cnt = self._dev["count"].view(n_site, n_sample, n_pos)[site_i]
+        f32 = torch.float32
         if n_sample > 1:
-            sel = state.batch.sample_ids < n_sample
-            ids = state.batch.sample_ids[sel]
-            if n_pos > 1:
-                acc[ids, :t] += hm[sel]
-                cnt[ids, :t] += fm[sel]
-            else:  # reduce first, then pick the rows: no copy of the (B, T, D) states
-                acc[ids, 0] += hm.sum(1)[sel]
-                cnt[ids, 0] += fm.sum(1)[sel]
+            ids, rows = self._rows(b)
+            part = h.to(f32) if n_pos > 1 else h.sum(1, dtype=f32)  # reduce before picking rows
+            if rows is not None:
+                part = part.index_select(0, rows)
+            acc[:, :t].index_add_(0, ids, part) if n_pos > 1 else acc[:, 0].index_add_(0, ids, part)
         elif n_pos > 1:
-            acc[0, :t].add_(hm[0] if len(hm) == 1 else hm.sum(0))
-            cnt[0, :t].add_(fm.sum(0))
+            acc[0, :t].add_(h[0] if len(h) == 1 else h.sum(0, dtype=f32))
         else:
-            acc[0, 0].add_(hm.sum((0, 1)))
-            cnt[0, 0].add_(fm.sum())
+            acc[0, 0].add_(h.sum((0, 1), dtype=f32))
+
+    def _rows(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Device slot ids of the batch's rows kept (sample id < max_samples), and which rows.
+
+        Decided on the host from the sample ids, once per batch: no boolean indexing (a sync).
+        """
+        if self._ids is None:
+            ok = b.np_sample_ids < self.dims[1]
+            if ok.all():
+                self._ids = (b.sample_ids, None)
+            else:
+                rows = np.flatnonzero(ok)
+                self._ids = (b.to_device(b.np_sample_ids[rows]), b.to_device(rows))
+        return self._ids
+
+    def end_batch(self) -> None:
+        """The batch's counts, once for every site it reached (the same mask for all)."""
+        b, seen = self._batch, self._seen
+        if b is None or not seen:
+            return
+        n_site, n_sample, n_pos = self.dims
+        every_site = n_site > 1 and len(seen) == n_site
+        fm = b.fmask[:, self.min_position:] if self.min_position else b.fmask
+        cnt = self._dev["count"].view(n_site, n_sample, n_pos)  # type: ignore[index]
+        mult = len(seen) if n_site == 1 else 1  # sites pooled into one slot each add a count
+        if n_sample > 1:
+            ids, rows = self._rows(b)
+            c = fm if n_pos > 1 else fm.sum(1, keepdim=True)
+            if rows is not None:
+                c = c.index_select(0, rows)
+            if mult != 1:
+                c = c * mult
+            w = c.shape[1]
+            if every_site or n_site == 1:
+                cnt[:, :, :w].index_add_(1, ids, c.expand(n_site, *c.shape))
+            else:
+                for i in seen:
+                    cnt[i, :, :w].index_add_(0, ids, c)
+        else:
+            c = fm.sum(0) if n_pos > 1 else fm.sum().reshape(1)
+            if mult != 1:
+                c = c * mult
+            if every_site or n_site == 1:
+                cnt[:, 0, :len(c)] += c
+            else:
+                key = tuple(seen)
+                if key not in self._sel:
+                    self._sel[key] = b.to_device(np.array(seen, np.int64))
+                cnt[self._sel[key], 0, :len(c)] += c
+        self._batch, self._seen, self._ids = None, [], None
+
+    def _fold(self) -> None:
+        self.end_batch()
+        super()._fold()
+
+    def _partials(self) -> tuple[dict[str, np.ndarray], bool]:
+        self.end_batch()
+        return super()._partials()
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(means shaped dims + (D,), counts shaped dims); empty slots are NaN."""

@@ -22,10 +22,14 @@ def chart_files(name: str, chart: Any, provenance_line: str, usermeta: dict) -> 
     if isinstance(title, dict):
         title["subtitle"] = [*title.get("subtitle", []), provenance_line]
     spec["usermeta"] = usermeta
-    rows = _clean(next(iter(datasets.values()))) if datasets else []
+    # The largest dataset goes to the file beside the spec; any other (a layer's few marker
+    # rows) stays inline, so every layer reads its own data.
+    main = max(datasets, key=lambda k: len(datasets[k]), default=None)
+    rows = _clean(datasets[main]) if main is not None else []
     url = f"{name}.data.json"
-    spec = _relink(spec, set(datasets), {"url": url})
-    inline = _relink(json.loads(json.dumps(spec)), {url}, {"values": rows})
+    spec = _relink(spec, {k: {"url": url} if k == main else {"values": _clean(v)}
+                          for k, v in datasets.items()})
+    inline = _relink(json.loads(json.dumps(spec)), {url: {"values": rows}})
     svg = stable_ids(vl_convert.vegalite_to_svg(inline, allowed_base_urls=[]), name)
     return {f"{name}.vl.json": dumps(spec), f"{name}.data.json": dumps(rows), f"{name}.svg": svg}
 
@@ -40,14 +44,16 @@ def stable_ids(svg: str, prefix: str) -> str:
     return re.sub(r"\b(gradient|clip|pattern)_?(\d+)\b", rename, svg)
 
 
-def _relink(node: Any, names: set[str], data: dict) -> Any:
+def _relink(node: Any, data: dict[str, dict]) -> Any:
+    """Replace each `{"name": n}` / `{"url": n}` data reference whose n is a key of `data`."""
     if isinstance(node, dict):
-        if node.keys() == {"name"} and node["name"] in names or (
-                node.keys() == {"url"} and node["url"] in names):
-            return dict(data)
-        return {k: _relink(v, names, data) for k, v in node.items()}
+        ref = node.get("name") if node.keys() == {"name"} else (
+            node.get("url") if node.keys() == {"url"} else None)
+        if isinstance(ref, str) and ref in data:
+            return dict(data[ref])
+        return {k: _relink(v, data) for k, v in node.items()}
     if isinstance(node, list):
-        return [_relink(v, names, data) for v in node]
+        return [_relink(v, data) for v in node]
     return node
 
 

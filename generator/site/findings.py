@@ -28,7 +28,9 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "—"
-        return f"{v:,.4g}" if 1e-3 <= abs(v) < 1e6 or v == 0 else f"{v:.3g}"
+        if 1e3 <= abs(v) < 1e15:
+            return f"{v:,.0f}"  # 18,227: never 1.823e+04
+        return f"{v:,.4g}" if 1e-3 <= abs(v) or v == 0 else f"{v:.3g}"
     return str(v)
 
 
@@ -124,7 +126,7 @@ def claims_for(model: Model, thresholds: dict[str, float]) -> list[dict[str, Any
         for c in exp.claims:
             t = thresholds.get(c.threshold, c.default)
             row = {"model": model.name, "page": name, "exp": name, "text": c.text.format(t=t),
-                   "threshold": fmt(t), "value": "—", "why": ""}
+                   "threshold": fmt(t), "value": "—", "why": "", "where": ""}
             if e.status != "ok":
                 out.append({**row, "verdict": "n/a", "css": "unknown",
                             "why": " ".join(e.result.notes)})
@@ -136,5 +138,6 @@ def claims_for(model: Model, thresholds: dict[str, float]) -> list[dict[str, Any
                 continue
             holds = value >= t
             out.append({**row, "value": fmt(value), "verdict": "holds" if holds else "does not hold",
-                        "css": "holds" if holds else "fails"})
+                        "css": "holds" if holds else "fails",
+                        "where": c.where(e.result, t) if c.where else ""})
     return out

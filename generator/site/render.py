@@ -9,6 +9,7 @@ leaves a half-rendered site.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from generator.capture.sites import POINT_MEANING
 from generator.errors import AtlasError
 from generator.experiment import ChartView, Experiment, registry
 from generator.fsutil import NO_SPACE, disk_full, swap_in, temp_dir_for
-from generator.site import history
+from generator.site import compare, history
+from generator.site import pages as page_words
 from generator.site.chart_files import chart_files
 from generator.site.findings import claims_for, fmt, headline_values, headlines, load_build
 
@@ -47,6 +49,11 @@ def escape(value: Any) -> markupsafe.Markup:
     if isinstance(value, markupsafe.Markup):
         return value
     return markupsafe.Markup("".join(_MARKDOWN.get(c) or markupsafe.escape(c) for c in str(value)))
+
+
+def _code_spans(text: str) -> markupsafe.Markup:
+    """Declaration text (trusted, but escaped all the same) with its `x` spans shown as code."""
+    return markupsafe.Markup(re.sub(r"&#96;(.+?)&#96;", r"<code>\1</code>", str(escape(text))))
 
 
 def environment() -> jinja2.Environment:
@@ -80,29 +87,70 @@ def _write_pages(build: dict[str, Any], env: jinja2.Environment, out: Path, arti
     for m in models:
         values = headline_values(m)
         headline_rows.append({"model": m.name, "cells": [fmt(values.get(h["label"])) for h in heads]})
-    pages = {"index.md": env.get_template("index.md.j2").render(
-        title=summary.get("title", "latent-atlas"), models=models, artifacts=str(artifacts),
-        headlines=heads, headline_rows=headline_rows, claims=all_claims)}
+    pages: dict[str, str] = {}  # the home page is written last: it shows the pages' charts
     nav = [("Home", "index.md")]
+    by_exp: dict[str, list[dict[str, Any]]] = {}
     for name, exp in registry().items():
         sections = [_section(m, exp, out, summary, [c for c in all_claims
                                                     if c["model"] == m.name and c["exp"] == name])
                     for m in models]
+        by_exp[name] = sections
         pages[f"{name}.md"] = env.get_template("experiment.md.j2").render(
             title=exp.title, doc=markupsafe.Markup(exp.doc.strip()), sections=sections,
-            artifacts=str(artifacts))
+            artifacts=str(artifacts), empty_note=markupsafe.Markup(exp.empty_note.strip())
+            if not any(s["status"] == "ok" for s in sections) else "")
         nav.append((exp.title, f"{name}.md"))
     past = history.read(artifacts)
+    pages["index.md"] = env.get_template("index.md.j2").render(
+        title=summary.get("title", "latent-atlas"), models=models, artifacts=str(artifacts),
+        headlines=heads, headline_rows=headline_rows, claims=all_claims,
+        findings=page_words.findings(registry(), by_exp, all_claims),
+        not_built=[{"name": m.name, "reason": page_words.short_reason(m.name, m.reason),
+                    "full": m.reason} for m in models if m.status != "ok"])
+    pages["compare.md"] = _compare_page(env, build, out, past, artifacts)
+    nav.insert(1, ("Compare models", "compare.md"))
     pages["changelog.md"] = env.get_template("changelog.md.j2").render(
         artifacts=str(artifacts), history=past, changes=history.changes(past), fmt=fmt)
-    pages["methods.md"] = env.get_template("methods.md.j2").render(points=list(POINT_MEANING.items()))
+    pages["methods.md"] = env.get_template("methods.md.j2").render(
+        points=list(POINT_MEANING.items()), paper=page_words.PAPER_URL,
+        paper_code=page_words.PAPER_CODE,
+        differences=page_words.paper_differences(models, summary.get("seed")),
+        figures=page_words.figure_map(registry(), by_exp))
     pages["models.md"] = env.get_template("models.md.j2").render(
-        families=architectures.families())
-    nav += [("Changelog", "changelog.md"), ("Methods", "methods.md"), ("Other models", "models.md")]
+        families=architectures.families(), schemes=architectures.SCHEMES,
+        absent=architectures.ABSENT, code=_code_spans)
+    nav += [("Changelog", "changelog.md"), ("Methods", "methods.md"),
+            ("Supported architectures", "models.md")]
     for name, text in pages.items():
         (out / name).write_text(text, encoding="utf-8")
     (out / NAV_FILE).write_text(json.dumps(nav, indent=1), encoding="utf-8")
     _assets(out)
+
+
+def _compare_page(env: jinja2.Environment, build: dict[str, Any], out: Path,
+                  past: dict[str, list[dict[str, Any]]], artifacts: Path) -> str:
+    """The Compare page: cross-model table, relative-depth curves, history per model."""
+    summary, models = build["summary"], build["models"]
+    done = compare.built(models)
+    rel = "assets/charts/_compare"
+    (out / rel).mkdir(parents=True, exist_ok=True)
+    line = f"{summary.get('title', 'latent-atlas')} · {len(done)} model(s) · seed {summary.get('seed')}"
+    figures: dict[str, list[dict[str, str]]] = {"curves": [], "histories": []}
+    for cname, chart in compare.charts(models, past).items():
+        for fname, text in chart_files(cname, chart, line, {"models": [m.name for m in done]}).items():
+            (out / rel / fname).write_text(text, encoding="utf-8")
+        fig = {"spec": f"{rel}/{cname}.vl.json", "svg": f"{rel}/{cname}.svg",
+               "data": f"{rel}/{cname}.data.json", "title": chart.to_dict()["title"]["text"]}
+        if cname.startswith("history-"):
+            figures["histories"].append({**fig, "model": cname.removeprefix("history-")})
+        else:
+            figures["curves"].append(fig)
+    table = compare.table(done, summary.get("claims", {}))
+    return env.get_template("compare.md.j2").render(
+        artifacts=str(artifacts), single=done[0].name if len(done) == 1 else "",
+        rows=table["rows"] if len(done) >= 2 else [], headlines=table["headlines"],
+        claims=table["claims"], curves=figures["curves"], histories=figures["histories"],
+        pages=[{"page": n, "title": e.title} for n, e in registry().items()])
 
 
 def _section(m: Any, exp: Experiment, out: Path, summary: dict[str, Any],
@@ -125,7 +173,8 @@ def _section(m: Any, exp: Experiment, out: Path, summary: dict[str, Any],
     line = (f"{m.name} · {ident} · seed {prov.get('seed')} · latent-atlas {v.get('latent-atlas')} · "
             f"transformers {v.get('transformers')}")
     view = ChartView(m.name, int(summary.get("seed", prov.get("seed", 0))),
-                     int(summary.get("max_chart_points", 4000)))
+                     int(summary.get("max_chart_points", 4000)),
+                     thresholds=summary.get("claims", {}))
     charts = []
     for cname, chart in exp.charts(e.result, view).items():
         files = chart_files(cname, chart, line, {"provenance": prov})
@@ -134,7 +183,8 @@ def _section(m: Any, exp: Experiment, out: Path, summary: dict[str, Any],
         rows = len(json.loads(files[f"{cname}.data.json"]))
         charts.append({"name": cname, "spec": f"{rel}/{cname}.vl.json", "svg": f"{rel}/{cname}.svg",
                        "data": f"{rel}/{cname}.data.json",
-                       "renderer": "canvas" if rows > SCATTER_CANVAS else "svg"})
+                       "renderer": "canvas" if rows > SCATTER_CANVAS else "svg",
+                       "paper": exp.paper_figures.get(cname, "")})
     for f in e.folder.iterdir():  # the stored result itself, for download
         if f.suffix == ".json":
             shutil.copy2(f, dest / f.name)
@@ -154,7 +204,8 @@ def _section(m: Any, exp: Experiment, out: Path, summary: dict[str, Any],
     metrics = {k: {"value": fmt(e.result.metrics.get(k)), "meaning": meaning}
                for k, meaning in exp.metrics.items()}
     return {"model": m.name, "status": "ok", "charts": charts, "tables": tables,
-            "metrics": metrics, "claims": claims, "provenance": line}
+            "metrics": metrics, "claims": claims, "notes": e.result.notes, "provenance": line,
+            "computed_on": page_words.computed_on(m.name, prov, e.result.facts)}
 
 
 def _assets(out: Path) -> None:

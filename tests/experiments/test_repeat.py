@@ -62,8 +62,14 @@ def test_planted_norm_multiple_and_settling_are_measured():
         assert row["norm_vs_text"] == pytest.approx(3.0, rel=1e-4)
         assert row["late_cosine"] > 0.98
         assert row["pos0_norm"] == pytest.approx(30.0, rel=1e-4)  # position 0 kept apart
-    assert len(r.tables["trajectory"]) == 6 * 23  # positions 1 onward
-    assert min(row["position"] for row in r.tables["trajectory"]) == 1
+    traj = r.tables["trajectory"]
+    assert len(traj) == 7 * 23  # 6 repeated sequences and the text baseline, positions 1 onward
+    assert {row["position"] for row in traj} == set(range(1, 24))
+    assert sum(row["kind"] == "text baseline" for row in traj) == 23
+    for seq in {row["sequence"] for row in traj}:  # each path marks its first and last position
+        ends = {row["end"]: row["position"] for row in traj if row["sequence"] == seq and row["end"]}
+        assert ends == {"first": 1, "last": 23}
+    assert r.facts["massive_positions"] == []
 
 
 def test_states_that_never_settle_give_a_low_late_cosine():
@@ -80,9 +86,53 @@ def test_settling_only_after_the_middle_position_is_not_counted():
     assert abs(r.metrics["repeat_late_cosine"]) < 0.3
 
 
+def test_a_massive_text_position_is_left_out_of_the_ratio_and_the_trajectory():
+    """Text position 5 planted at 50x: it must neither move the ratio nor enter the PCA."""
+    def text(site, samples, positions):
+        h = _text(site, samples, positions)
+        h[positions == 5] *= 50.0
+        return h
+
+    ctx = fake_context(n_blocks=6, d_model=D, seq_len=24, n_samples=6)
+    r = _run(ctx, _repeat(scale=3.0, settle_from=6), make_text=text)
+    assert r.facts["massive_positions"] == [5]
+    assert r.metrics["repeat_norm_over_text"] == pytest.approx(3.0, rel=1e-4)
+    assert 5 not in {row["position"] for row in r.tables["trajectory"]}
+    norms = [row for row in r.tables["norm_by_position"] if row["position"] == 5]
+    assert norms, "the norm chart still shows the position (log scale): only the geometry drops it"
+    assert all(row["position"] >= 1 for row in r.tables["norm_by_position"])  # position 0 apart
+
+
+def test_tokens_are_shown_visibly():
+    ctx = fake_context(n_blocks=4, d_model=D, seq_len=12, n_samples=3)
+    ctx.input_labels["repeat"] = [" the", "\n", "a\tb"]
+    r = _run(ctx, _repeat(scale=2.0, settle_from=4))
+    assert [row["token"] for row in r.tables["repeat_tokens"]] == ["␣the", "\\n", "a\\tb"]
+    sequences = {row["sequence"] for row in r.tables["trajectory"]}
+    assert "repeated “␣the”" in sequences and not any("\n" in s for s in sequences)
+
+
 def test_charts_are_built_from_the_stored_result():
     ctx = fake_context(n_blocks=4, d_model=D, seq_len=12, n_samples=3)
     r = _run(ctx, _repeat(scale=3.0, settle_from=4))
     stored = Result(**json.loads(dumps(dataclasses.asdict(r))))  # as the artifact store keeps it
     specs = {k: c.to_dict() for k, c in EXPERIMENT.charts(stored, ChartView("synthetic", 3)).items()}
     assert set(specs) == {"norm_by_position", "trajectory"}
+    assert set(EXPERIMENT.paper_figures) <= set(specs)
+    text = json.dumps(specs)
+    assert "pc1:Q" not in text and "mean_norm:Q" not in text
+    traj = specs["trajectory"]
+    fields = {(ch, enc.get("field")) for layer in traj["layer"]
+              for ch, enc in layer.get("encoding", {}).items() if isinstance(enc, dict)}
+    assert ("color", "position") in fields  # the path encodes position
+    assert ("strokeDash", "kind") in fields  # repeated tokens vs the text baseline
+    for layer in traj["layer"]:
+        for axis in ("x", "y"):
+            title = layer["encoding"][axis]["title"]
+            assert title.startswith("principal component") and "variance" in title
+    for spec in specs.values():  # tooltips titled in words, numbers formatted for reading
+        for layer in spec.get("layer", [spec]):
+            for t in layer["encoding"].get("tooltip", []):
+                assert t["title"] and "_" not in t["title"]
+                if t["field"] != "sequence":
+                    assert t["format"] == ",.6~r"

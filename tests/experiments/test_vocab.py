@@ -57,6 +57,19 @@ def test_planted_outliers_head_the_tables_and_set_the_ratios():
     assert r.metrics["vocab_tokens"] == N_IDS
     hist = r.tables["norm_histogram"]
     assert len(hist) == params.bins and sum(row["tokens"] for row in hist) == N_IDS
+    assert hist[0]["norm_from"] == pytest.approx(0.01, rel=1e-4)  # bins in norm units
+    assert hist[-1]["norm_to"] == pytest.approx(100.0, rel=1e-4)
+    assert all(a["norm_to"] == pytest.approx(b["norm_from"]) for a, b in zip(hist, hist[1:], strict=False))
+
+
+def test_tokens_in_the_tables_are_visible():
+    """Byte tokens decode to control characters or spaces: the tables show them visibly."""
+    norms = _planted_norms()
+    norms[32], norms[9] = 500.0, 400.0  # " " and "\t" (ByteTokenizer shows <9> for byte 9)
+    r = run_planted(EXPERIMENT, _context(), _states(norms), params=EXPERIMENT.params(top=3))
+    tokens = [row["token"] for row in r.tables["highest_norm_tokens"]]
+    assert tokens[0] == "␣"
+    assert all(t.strip() == t and t for t in tokens)
 
 
 def test_default_params_list_twenty_tokens_each():
@@ -69,5 +82,17 @@ def test_charts_are_built_from_the_stored_result():
     r = run_planted(EXPERIMENT, _context(n_blocks=4), _states(_planted_norms()))
     stored = Result(**json.loads(dumps(dataclasses.asdict(r))))  # as the artifact store keeps it
     specs = {k: c.to_dict() for k, c in EXPERIMENT.charts(stored, ChartView("synthetic", 3)).items()}
-    assert set(specs) == {"norm_histogram"}
-    assert "258 token ids" in json.dumps(specs["norm_histogram"]["title"])
+    assert set(specs) == {"norm_histogram", "extreme_tokens"}
+    assert set(EXPERIMENT.paper_figures) <= set(specs)
+    hist = specs["norm_histogram"]
+    assert "258 token ids" in json.dumps(hist["title"])
+    bars = hist["layer"][0]["encoding"]
+    assert bars["y"]["scale"]["type"] == "log" and "log scale" in bars["y"]["title"]  # log counts
+    assert bars["x"]["scale"]["type"] == "log" and bars["x"]["title"].startswith("mean norm")
+    assert "median" in json.dumps(hist)  # the median is marked
+    ext = specs["extreme_tokens"]["encoding"]
+    assert ext["y"]["title"] == "token (id)" and ext["x"]["scale"]["type"] == "log"
+    rows = specs["extreme_tokens"]["datasets"]
+    labels = [row["label"] for rows_ in rows.values() for row in rows_]
+    assert "A  (id 65)" in labels and len(labels) == 40
+    assert ":Q" not in json.dumps([hist, specs["extreme_tokens"]["encoding"]])

@@ -12,6 +12,7 @@ import pytest
 from helpers import write_suite
 
 from generator import pipeline as runner
+from generator.charts import visible_token
 from generator.site import render
 from generator.suite import load_suite
 
@@ -58,7 +59,7 @@ def test_models_page_lists_every_declared_architecture(site):
     from generator import architectures
 
     root, _ = site
-    page = (root / "docs/models.md").read_text()
+    page = (root / "docs/models.md").read_text().replace("&#95;", "_")  # escaped for Markdown
     for family in architectures.families():
         assert family.name in page
         for t in family.model_types:
@@ -68,7 +69,8 @@ def test_models_page_lists_every_declared_architecture(site):
 def test_pages_escape_model_text_and_show_skips(site):
     root, _ = site
     page = (root / "docs/repeat.md").read_text()
-    assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    # tokens are shown visibly (a space as ␣) and escaped: the tag is text, never an element
+    assert EVIL not in page and "&lt;img␣src=x␣onerror=alert(1)&gt;" in page
     index = (root / "site/index.html").read_text()
     assert "missing-model was not available in this build" in index
     assert (root / "site/pos_embed.html").read_text().count("atlas-chart-view") >= 2  # GPT-2 has wpe
@@ -237,7 +239,7 @@ def test_every_page_renders_its_charts_offline_in_chromium(site):
             if name in ("index.html", "attn_vs_mlp.html"):
                 page.screenshot(path=str(shots / name.replace(".html", ".png")), full_page=True)
         page.goto(base + "repeat.html", wait_until="networkidle")
-        assert page.get_by_text(EVIL, exact=True).count() >= 1
+        assert page.get_by_text(visible_token(EVIL), exact=True).count() >= 1
         assert page.locator('img[src="x"]').count() == 0
         # instant navigation: charts must render again without a page reload
         page.goto(base + "index.html", wait_until="networkidle")
