@@ -129,7 +129,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
 
     for f in (plain, ours, seed):
         f()  # warm-up
-    ratios: dict[str, list[float]] = {"capture": [], "seed": []}
+    ratios: dict[str, list[float]] = {"capture": [], "seed": [], "capture_seconds": []}
     for _ in range(reps):
         t = {}
         for name, f in (("plain", plain), ("capture", ours), ("plain2", plain), ("seed", seed)):
@@ -140,7 +140,94 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
             t[name] = time.perf_counter() - t0
         ratios["capture"].append(t["plain"] / t["capture"])
         ratios["seed"].append(t["plain2"] / t["seed"])
+        ratios["capture_seconds"].append(t["capture"])
     return {k: statistics.median(v) for k, v in ratios.items()}
+
+
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero",
+            "aten::masked_select", "aten::unique", "aten::equal")
+"""Operators that make the host wait for the device (on CUDA); `nonzero_static` does not."""
+
+
+def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> dict[str, float]:
+    """Per batch, inside the capture loop: operators and host syncs beyond the forward's own.
+
+    Torch profiler on the CPU, default suite's reducers, `shape` = (samples, tokens, batch size),
+    one shard. The loop is what runs per batch (hooks, deferred residual check, reducer updates,
+    `end_batch`); the once-per-shard part (`verify`, `regrow`, the merge) is counted apart. Host
+    copies are `.cpu()`/`.numpy()` calls on tensors (on CUDA each would be a device-to-host copy);
+    the CPU-only numpy Gram product and the batch's own host copy (`Batch.host`) are left out.
+    """
+    import collections
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from generator.capture.hooks import Capture
+    from generator.executors import capture_shard
+    from generator.inputs import TokenInputs
+
+    n, t, bs = shape
+    ids = torch.randint(0, int(model.config.vocab_size), (n, t))
+    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
+    batches = list(inputs.batches())
+    adapter = architectures.for_config(model.config)
+    reducers = suite_reducers(model, n, t, every)
+
+    def loop() -> None:
+        with Capture(model, adapter, reducers, deferred=True) as cap:
+            for b in batches:
+                cap.run(b)
+            loop.cap = cap  # type: ignore[attr-defined]
+
+    def per_shard() -> None:
+        loop.cap.verify()  # type: ignore[attr-defined]
+        for r in reducers:
+            getattr(r, "regrow", lambda: False)()
+            r.arrays()
+            r.reset()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+
+    def count(fn: Any) -> tuple[collections.Counter, collections.Counter]:
+        calls: collections.Counter = collections.Counter()
+        orig = torch.Tensor.numpy, torch.Tensor.cpu
+
+        def wnp(self: torch.Tensor, *a: Any, **k: Any) -> Any:
+            code = sys._getframe(1).f_code  # the numpy Gram product (CPU only) and the batch's
+            if code.co_name != "gram" and not code.co_filename.endswith("batch.py"):  # host copy
+                calls["host_copies"] += 1
+            return orig[0](self, *a, **k)
+
+        def wcpu(self: torch.Tensor, *a: Any, **k: Any) -> Any:
+            calls["host_copies"] += 1
+            return orig[1](self, *a, **k)
+
+        torch.Tensor.numpy, torch.Tensor.cpu = wnp, wcpu  # type: ignore[method-assign]
+        try:
+            with profile(activities=[ProfilerActivity.CPU]) as p:
+                fn()
+        finally:
+            torch.Tensor.numpy, torch.Tensor.cpu = orig  # type: ignore[method-assign]
+        ops = collections.Counter({e.key: e.count for e in p.key_averages()})
+        return ops, calls
+
+    capture_shard(model, adapter, inputs, reducers, "cpu")  # warm-up (and any regrow)
+    for r in reducers:
+        r.arrays()
+        r.reset()
+    fwd, _ = count(forward)
+    cap, cap_calls = count(loop)
+    shard, shard_calls = count(per_shard)
+    nb = len(batches)
+    return {"ops_forward": sum(fwd.values()) / nb, "ops_capture_extra": (sum(cap.values())
+            - sum(fwd.values())) / nb,
+            "syncs_per_batch": sum(cap[k] - fwd[k] for k in SYNC_OPS) / nb,
+            "host_copies_per_batch": cap_calls["host_copies"] / nb,
+            "syncs_per_shard": sum(shard[k] for k in SYNC_OPS),
+            "host_copies_per_shard": shard_calls["host_copies"]}
 
 
 def pca_vs_sklearn(n: int = 100_000, d: int = 768) -> dict[str, float]:
@@ -211,18 +298,21 @@ def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
 
 
 def umap_timing(n: int = 2000, d: int = 576) -> dict[str, float]:
+    """umap-learn at n/4 and n points (after a numba warm-up), for the 100k extrapolation."""
     import umap
 
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     t0 = time.perf_counter()
     umap.UMAP(metric="cosine", random_state=42, n_jobs=1).fit_transform(x[:200])
-    warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    umap.UMAP(metric="cosine", random_state=42, n_jobs=1).fit_transform(x)
-    return {"umap_warmup_seconds": warm, "umap_seconds": time.perf_counter() - t0}
+    res = {"umap_warmup_seconds": time.perf_counter() - t0}
+    for key, m in (("_small", n // 4), ("", n)):
+        t0 = time.perf_counter()
+        umap.UMAP(metric="cosine", random_state=42, n_jobs=1).fit_transform(x[:m])
+        res[f"umap_seconds{key}"], res[f"umap_points{key}"] = time.perf_counter() - t0, m
+    return res
 
 
-def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4) -> None:
+def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only: bool = False) -> None:
     """Run in a subprocess: the suite's reducers over n_samples x seq_len, print peak RSS.
 
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
@@ -238,6 +328,12 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4) -> None:
     reducers = suite_reducers(model, n_samples, seq_len)
     ids = torch.randint(0, 50257, (n_samples, seq_len))
     inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), batch)
+    if forward_only:
+        with torch.inference_mode():
+            for b in inputs.batches():
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+        print(json.dumps({"rss_mb": peak_rss_mb()}))
+        return
     Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
           progress=False).capture(inputs, reducers, "rss")
     for r in reducers:
@@ -260,8 +356,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss(n: int) -> float:
-    out = subprocess.run([sys.executable, "-c", f"from generator.bench import rss_child; rss_child({n})"],
+def rss(n: int, forward_only: bool = False) -> float:
+    code = f"from generator.bench import rss_child; rss_child({n}, forward_only={forward_only})"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_mb"]
 
@@ -297,36 +394,74 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
                          reps=reps if every == CaptureOptions().cov_every else 2)
         res[f"capture_vs_forward_{label}_cov_every_{every}"] = r["capture"]
     res[f"seed_style_vs_forward_{label}"] = r["seed"]
+    res["_tokens_per_s"] = n * t / r["capture_seconds"]
+
+
+def extrapolate(res: dict[str, Any], model: Any) -> None:
+    """The paper's sizes on this CPU, EXTRAPOLATED (not measured) from the measured throughput.
+
+    Capture time scales with tokens x parameters (forward FLOPs) over the measured tokens/s of
+    capture at the GPT-2-small shape (1 x 1024 rows); memory is the weights plus the suite's
+    reducer states for that shape (their arrays, counted from configs, not allocated in full).
+    """
+    gpt2_params = sum(p.numel() for p in model.parameters())
+    tok_s = res["capture_tokens_per_s_gpt2s_1x1024"]
+    sizes = {"gpt2_128x1024": (128 * 1024, gpt2_params, 4),
+             "llama7b_64x2048_bf16": (64 * 2048, 6.7e9, 2),
+             "singular_32k_gpt2": (32_000, gpt2_params, 4),
+             "singular_150k_gpt2": (150_000, gpt2_params, 4)}
+    for label, (tokens, params, bytes_per) in sizes.items():
+        res[f"extrapolated_{label}_hours"] = tokens / tok_s * params / gpt2_params / 3600
+        res[f"extrapolated_{label}_weights_gb"] = params * bytes_per / 1e9
+    x = [res["umap_points_small"], res["umap_points"]]
+    y = [res["umap_seconds_small"], res["umap_seconds"]]
+    slope = np.log(y[1] / y[0]) / np.log(x[1] / x[0])
+    res["extrapolated_umap_100k_seconds"] = y[1] * (100_000 / x[1]) ** slope
 
 
 def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     if device == "cuda":
         return main_cuda(quick)
+    started = time.perf_counter()
     torch.set_num_threads(torch.get_num_threads())
     res: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                            f"torch {torch.__version__}"}
     model = gpt2_small()
-    reps = 5
-    ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, (1, 8), reps)
-    ratios(res, model, "gpt2s_1x1024", (2, 1024, 1), 50257, (1, 8), reps)
+    reps = 3 if quick else 5
+    everies = (8,) if quick else (1, 8)
+    note("profiler: operators and host syncs per batch in the capture loop")
+    for label, shape in (("gpt2s_8x128", (16, 128, 8)), ("gpt2s_1x1024", (2, 1024, 1))):
+        for k, v in profile_capture(model, shape).items():
+            res[f"profile_{label}_{k}"] = v
+    ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, everies, reps)
+    ratios(res, model, "gpt2s_1x1024", (2, 1024, 1), 50257, everies, reps)
+    res["capture_tokens_per_s_gpt2s_1x1024"] = res.pop("_tokens_per_s")
     from generator.models import ModelSpec, load
 
     note("loading SmolLM2")
     loaded = load(ModelSpec(name="smollm2-135m", embedded="smollm2-135m"))
-    ratios(res, loaded.model, "smollm2_4x512", (4, 512, 4), 49152, (1, 8), reps)
-    note("PCA from 1 in 8 tokens vs all, on SmolLM2's states")
-    res.update(pca_sampled_vs_exact(loaded))
+    if not quick:
+        for k, v in profile_capture(loaded.model, (4, 512, 4)).items():
+            res[f"profile_smollm2_4x512_{k}"] = v
+    ratios(res, loaded.model, "smollm2_4x512", (4, 512, 4), 49152, everies, reps)
+    res.pop("_tokens_per_s", None)
+    if not quick:
+        note("PCA from 1 in 8 tokens vs all, on SmolLM2's states")
+        res.update(pca_sampled_vs_exact(loaded))
     note("PCA from the streaming covariance vs scikit-learn, 100k x 768")
-    res.update(pca_vs_sklearn())
+    res.update(pca_vs_sklearn(30_000 if quick else 100_000))
     note("UMAP")
     res.update(umap_timing())
+    extrapolate(res, model)
     if not quick:
-        for n in (16, 128):  # 16 samples are one shard, 128 are eight
-            note(f"peak RSS, {n} x 1024 tokens (subprocess{', minutes' if n > 16 else ''})")
+        for n in (32, 128):  # shards of 16 samples: the float64 totals exist from the second on
+            note(f"peak RSS, {n} x 1024 tokens (subprocess{', minutes' if n > 32 else ''})")
             res[f"rss_mb_{n}"] = rss(n)
-        res["rss_growth"] = res["rss_mb_128"] / res["rss_mb_16"] - 1
-        note("default suite on the embedded model, cold then warm")
-        res.update(suite_timing())
+        res["rss_growth_32_to_128"] = res["rss_mb_128"] / res["rss_mb_32"] - 1
+        note("peak RSS of the forward alone, 32 x 1024 tokens (subprocess)")
+        res["rss_mb_forward_only_32"] = rss(32, forward_only=True)
+        res["capture_peak_vs_forward_peak"] = res["rss_mb_32"] / res["rss_mb_forward_only_32"]
+    res["bench_minutes"] = (time.perf_counter() - started) / 60
     return report(res, Path("build/bench.json"))
 
 

@@ -45,7 +45,7 @@ class MeanState(Sums):
         self._state = {"sum": np.zeros((n_slots, d_model)), "count": np.zeros(n_slots)}
         self._batch: Batch | None = None
         self._seen: list[int] = []
-        self._ids: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._ids: tuple[torch.Tensor | slice, torch.Tensor | None] | None = None
         self._sel: dict[tuple[int, ...], torch.Tensor] = {}
 
     def update(self, state: State) -> None:
@@ -69,20 +69,27 @@ class MeanState(Sums):
             part = h.to(f32) if n_pos > 1 else h.sum(1, dtype=f32)  # reduce before picking rows
             if rows is not None:
                 part = part.index_select(0, rows)
-            acc[:, :t].index_add_(0, ids, part) if n_pos > 1 else acc[:, 0].index_add_(0, ids, part)
+            dst = acc[:, :t] if n_pos > 1 else acc[:, 0]
+            if isinstance(ids, slice):
+                dst[ids].add_(part)
+            else:
+                dst.index_add_(0, ids, part)
         elif n_pos > 1:
             acc[0, :t].add_(h[0] if len(h) == 1 else h.sum(0, dtype=f32))
         else:
             acc[0, 0].add_(h.sum((0, 1), dtype=f32))
 
-    def _rows(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _rows(self, b: Batch) -> tuple[torch.Tensor | slice, torch.Tensor | None]:
         """Device slot ids of the batch's rows kept (sample id < max_samples), and which rows.
 
         Decided on the host from the sample ids, once per batch: no boolean indexing (a sync).
         """
         if self._ids is None:
-            ok = b.np_sample_ids < self.dims[1]
-            if ok.all():
+            ids = b.np_sample_ids
+            ok = ids < self.dims[1]
+            if ok.all() and len(ids) and (np.diff(ids) == 1).all():  # consecutive: a slice
+                self._ids = (slice(int(ids[0]), int(ids[0]) + len(ids)), None)
+            elif ok.all():
                 self._ids = (b.sample_ids, None)
             else:
                 rows = np.flatnonzero(ok)
@@ -107,7 +114,13 @@ class MeanState(Sums):
             if mult != 1:
                 c = c * mult
             w = c.shape[1]
-            if every_site or n_site == 1:
+            if isinstance(ids, slice):
+                if every_site or n_site == 1:
+                    cnt[:, ids, :w] += c
+                else:
+                    for i in seen:
+                        cnt[i, ids, :w] += c
+            elif every_site or n_site == 1:
                 cnt[:, :, :w].index_add_(1, ids, c.expand(n_site, *c.shape))
             else:
                 for i in seen:
