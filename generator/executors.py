@@ -456,13 +456,7 @@ def driver_model(spec: ModelSpec, fp: dict[str, Any], executor: RayExecutor) -> 
 
     from generator import architectures, models
 
-    where, gguf_file, local = models.resolve(spec)
-    kwargs: dict[str, Any] = {"trust_remote_code": False,
-                              "local_files_only": local or models._offline()}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    if spec.revision and not local:
-        kwargs["revision"] = spec.revision
+    where, gguf_file, local, kwargs = models.pretrained_args(spec)
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
         arch = architectures.for_config(config, spec.name)

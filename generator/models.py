@@ -101,6 +101,21 @@ def resolve(spec: ModelSpec) -> tuple[str, str | None, bool]:
     raise ModelLoadError(spec.name, "names no model", "set one of `id`, `path` or `embedded`")
 
 
+def pretrained_args(spec: ModelSpec) -> tuple[str, str | None, bool, dict[str, Any]]:
+    """(where, gguf file, is local, keyword arguments) for every `from_pretrained` of `spec`.
+
+    Safe defaults kept: no remote code; local files only when local or offline; the pinned
+    revision for hub models.
+    """
+    where, gguf_file, local = resolve(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local or _offline()}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if spec.revision and not local:
+        kwargs["revision"] = spec.revision
+    return where, gguf_file, local, kwargs
+
+
 def load(spec: ModelSpec, device: str = "cpu", fp: dict[str, Any] | None = None) -> LoadedModel:
     """Load tokenizer and base model in eval mode, with safe defaults kept (no remote code).
 
@@ -112,13 +127,8 @@ def load(spec: ModelSpec, device: str = "cpu", fp: dict[str, Any] | None = None)
 
     from generator import architectures
 
-    where, gguf_file, local = resolve(spec)
+    where, gguf_file, local, kwargs = pretrained_args(spec)
     dtype = _dtype(spec)
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local or _offline()}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    if spec.revision and not local:
-        kwargs["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
         architectures.for_config(config, spec.name)

@@ -1,15 +1,12 @@
 """The report site, built from tiny-model artifacts and opened in a real browser (slow)."""
 
-import contextlib
-import http.server
 import json
 import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 from helpers import write_suite
+from sitebuild import free_port, serve
 
 from generator import pipeline as runner
 from generator.charts import visible_token
@@ -24,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def site(tiny_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
-    port = _free_port()
+    port = free_port()
     suite = write_suite(root / "suite.toml", [
         {"name": "tiny-gpt2", "path": str(tiny_folders["gpt2"])},
         {"name": "missing-model", "path": str(root / "nowhere")}])
@@ -183,28 +180,6 @@ def test_failed_render_keeps_previous_docs(site, tmp_path):
     assert sorted(p.name for p in docs.iterdir()) == before
 
 
-def _free_port():
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(folder: Path, port: int):
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = lambda *a, **k: Quiet(*a, directory=str(folder), **k)  # noqa: E731
-    http.server.ThreadingHTTPServer.allow_reuse_address = True
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.shutdown()
-
-
 @pytest.mark.slow
 def test_every_page_renders_its_charts_offline_in_chromium(site):
     if not Path("/usr/bin/chromium").exists():
@@ -217,7 +192,7 @@ def test_every_page_renders_its_charts_offline_in_chromium(site):
     pages = sorted(p.name for p in (root / "site").glob("*.html") if p.name != "404.html")
     assert {"index.html", "norms.html", "attn_vs_mlp.html", "repeat.html"} <= set(pages)
     errors, outside, dialogs = [], [], []
-    with _serve(root / "site", port) as base, sync_playwright() as pw:
+    with serve(root / "site", port) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--disable-background-networking"])
