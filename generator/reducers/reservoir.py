@@ -9,21 +9,27 @@ import torch
 
 from generator.capture.batch import State, token_hash_np
 from generator.capture.sites import Site
-from generator.reducers.base import Reducer, _np
+from generator.reducers.base import Reducer
 
 
 class Reservoir(Reducer):
     """A seeded sample of `k` labelled token states: the `k` smallest hash keys over all seen.
 
     Keys depend only on (seed, site, sample, position), so the sample is the same whatever the
-    batching or sharding, and merging two reservoirs is exactly a reservoir of the union.
-    Candidates under the current threshold are buffered and pruned to `k` only when the buffer
-    passes `4 k`, so intake costs little once the threshold has settled. With `population` (the
-    number of (site, token) pairs the whole run will offer) the threshold starts where
-    `k + 10 sqrt(k) + 30` keys are expected below it instead of at the top: every shard skips
-    nearly all tokens from its first batch, and the result is still exactly the k smallest keys
-    unless a binomial with that mean falls below k, over 6 standard deviations away for every k
-    (about 10 for k in the thousands, as the suite uses).
+    batching or sharding, and merging two reservoirs is exactly a reservoir of the union (a
+    (key, site) pair offered twice, as by overlapping shards, is kept once). Candidates under
+    the current threshold are buffered and taken in once the buffer passes `k / 2` rows. With
+    `population` (the number of (site, token) pairs the whole run will offer) the threshold
+    starts where `k + 10 sqrt(k) + 30` keys are expected below it instead of at the top: every
+    shard skips nearly all tokens from its first batch, and the result is still exactly the k
+    smallest keys unless a binomial with that mean falls below k, over 6 standard deviations
+    away for every k (about 10 for k in the thousands, as the suite uses).
+
+    Rows live in `k` fixed slots, allocated once and reused (on the capture device while a shard
+    runs, on the host for the run's total): taking rows in copies only the rows that enter into
+    the slots of those that leave, so a merge never allocates a new k-row block (on this
+    machine a fresh 100 MB block cost up to a quarter of a second in page faults). The sorted
+    form (`state`, `arrays()`) is made when it is read.
     """
 
     kind = "reservoir"
@@ -33,7 +39,7 @@ class Reservoir(Reducer):
     def __init__(self, sites: Iterable[Site], d_model: int, k: int, seed: int,
                  population: int = 0) -> None:
         super().__init__(sites)
-        self.k, self.seed = k, seed
+        self.k, self.seed, self.d_model = k, seed, d_model
         self.params = {"d_model": d_model, "k": k, "seed": seed, "population": population}
         self._state = {"vectors": np.zeros((0, d_model), np.float32),
                        **{name: np.zeros(0, np.int64) for name in self.LABELS}}
@@ -43,8 +49,12 @@ class Reservoir(Reducer):
         self._pending: list[dict[str, np.ndarray]] = []
         self._vec_pending: list[torch.Tensor] = []
         self._pending_rows = 0
-        self._dvec: torch.Tensor | None = None
-        """The kept rows on the capture device while a shard runs (labels stay on the host)."""
+        self._slots: torch.Tensor | None = None
+        """(k, d) float32 rows, in no particular order; the first `_used` are filled."""
+        self._lab = {name: np.zeros(k, np.int64) for name in self.LABELS}
+        self._used = 0
+        self._sorted = True
+        """`_state` is the sorted form of the slots."""
 
     def update(self, state: State) -> None:
         """Take this site's candidates: one row gather on the device, no sync.
@@ -69,47 +79,108 @@ class Reservoir(Reducer):
         self._pending_rows += n
 
     def end_batch(self) -> None:
-        if self._pending_rows > 4 * self.k:
+        if self._pending_rows > max(self.k // 2, 64):
             self._absorb_pending()
 
     def _absorb_pending(self) -> None:
-        """Keep the k smallest keys of state + candidates: labels on the host, rows on the device."""
-        if not self._pending:
-            return
-        parts, vecs = self._pending, self._vec_pending
-        self._pending, self._vec_pending, self._pending_rows = [], [], 0
-        labels = {k: np.concatenate([self._state[k], *(p[k].astype(self._state[k].dtype)
-                                                          for p in parts)]) for k in self.LABELS}
-        order = np.lexsort((labels["depth"], labels["key"]))[: self.k]
-        kept = self._dvec
-        if kept is None:
-            kept = torch.from_numpy(self._state["vectors"]).to(vecs[0].device)
-        pool = torch.cat([kept, *vecs])
-        idx = torch.from_numpy(order.astype(np.int64))
-        if pool.device.type != "cpu":
-            idx = idx.pin_memory().to(pool.device, non_blocking=True)
-        self._dvec = pool.index_select(0, idx)
-        self._state.update({k: v[order] for k, v in labels.items()})
-        if len(self._state["key"]) >= self.k:
-            self._threshold = int(self._state["key"][-1])
+        if self._pending:
+            labels = {k: np.concatenate([p[k] for p in self._pending]) for k in self.LABELS}
+            self._insert(labels, self._vec_pending)
+            self._pending, self._vec_pending, self._pending_rows = [], [], 0
+
+    def _insert(self, labels: dict[str, np.ndarray], chunks: list[torch.Tensor]) -> None:
+        """Keep the k smallest (key, depth) of the slots and `labels` (rows: `chunks`, in order).
+
+        Only the keys are sorted (on the host); the rows that enter are copied into the slots of
+        the rows that leave (or free ones), chunk by chunk.
+        """
+        used = self._used
+        key = np.concatenate([self._lab["key"][:used], labels["key"]])
+        depth = np.concatenate([self._lab["depth"][:used], labels["depth"]])
+        order = np.lexsort((depth, key))
+        same = (key[order[1:]] == key[order[:-1]]) & (depth[order[1:]] == depth[order[:-1]])
+        if same.any():  # offered twice (overlapping shards): the copy already held stays
+            order = np.concatenate([order[:1], order[1:][~same]])
+        keep = order[: self.k]
+        enter = keep[keep >= used] - used
+        if len(enter):
+            kept_old = np.zeros(used, bool)
+            kept_old[keep[keep < used]] = True
+            free = np.concatenate([np.flatnonzero(~kept_old), np.arange(used, self.k)])
+            slots = free[: len(enter)]
+            for name in self.LABELS:
+                self._lab[name][slots] = labels[name][enter]
+            self._copy_rows(slots, enter, chunks)
+            self._used, self._sorted = len(keep), False
+        if self._used >= self.k:
+            self._threshold = int(key[keep[-1]])
+
+    def _copy_rows(self, slots: np.ndarray, enter: np.ndarray, chunks: list[torch.Tensor]) -> None:
+        """slots[i] <- row enter[i] of the chunks taken as one (no concatenated copy is made).
+
+        In inference mode: the slots and chunks may be inference tensors (made during capture).
+        """
+        with torch.inference_mode():
+            if self._slots is None:
+                self._slots = torch.empty(self.k, self.d_model, device=chunks[0].device)
+            dev = self._slots.device
+            ends = np.cumsum([len(c) for c in chunks])
+            which = np.searchsorted(ends, enter, side="right")
+            for j in np.unique(which):
+                sel = which == j
+                rows = enter[sel] - (ends[j - 1] if j else 0)
+                src = chunks[j].index_select(0, _index(rows, chunks[j].device))
+                self._slots.index_copy_(0, _index(slots[sel], dev), src.to(dev, torch.float32))
 
     def _fold(self) -> None:
+        """Take in pending rows; build the sorted form if it is out of date."""
         self._absorb_pending()
-        if self._dvec is not None:
-            self._state["vectors"] = _np(self._dvec)
-            self._dvec = None
+        if not self._sorted:
+            u = self._used
+            order = np.lexsort((self._lab["depth"][:u], self._lab["key"][:u]))
+            with torch.inference_mode():
+                vec = self._slots[:u].index_select(0, _index(order, self._slots.device))  # type: ignore[index]
+            self._state = {"vectors": vec.cpu().numpy(),
+                           **{k: self._lab[k][:u][order] for k in self.LABELS}}
+            self._sorted = True
 
-    def _absorb(self, parts: list[dict[str, np.ndarray]]) -> None:
-        st = {k: np.concatenate([self._state[k], *(p[k].astype(self._state[k].dtype) for p in parts)])
-              for k in self._state}
-        order = np.lexsort((st["depth"], st["key"]))[: self.k]
-        self._state = {k: v[order] for k, v in st.items()}
-        if len(self._state["key"]) >= self.k:
-            self._threshold = int(self._state["key"][-1])
+    def merge(self, other: Reducer, consume: bool = False) -> None:
+        """Take in `other`'s rows: only the keys are sorted, only entering rows are copied."""
+        assert isinstance(other, Reservoir)
+        self._absorb_pending()
+        other._absorb_pending()
+        u = other._used
+        if u:
+            if self._slots is None:  # a run's total lives on the host
+                self._slots = torch.empty(self.k, self.d_model)
+            self._insert({k: other._lab[k][:u] for k in self.LABELS},
+                         [other._slots[:u]])  # type: ignore[index]
 
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
-        self._absorb([b])
+        self._absorb_pending()
+        if len(b["key"]):
+            self._insert({k: np.asarray(b[k], np.int64) for k in self.LABELS},
+                         [torch.from_numpy(np.ascontiguousarray(b["vectors"], np.float32))])
+
+    def reset(self) -> None:
+        """Empty again; the row slots are kept (reused by the next shard)."""
+        slots = self._slots
+        super().reset()
+        self._slots = slots
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
-        self._pending, self._vec_pending, self._pending_rows, self._dvec = [], [], 0, None
+        self._pending, self._vec_pending, self._pending_rows = [], [], 0
         self._state = {k: np.asarray(arrays[k], dtype=self._state[k].dtype) for k in self._state}
+        u = len(self._state["key"])
+        self._used, self._sorted = u, True
+        for k in self.LABELS:
+            self._lab[k][:u] = self._state[k]
+        self._slots = torch.empty(self.k, self.d_model)
+        self._slots[:u] = torch.from_numpy(self._state["vectors"])
+        if u >= self.k:
+            self._threshold = int(self._state["key"][-1])
+
+
+def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a, np.int64))
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)

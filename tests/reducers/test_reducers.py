@@ -70,8 +70,8 @@ def test_merge_of_two_shards_equals_one_pass(setup, kind):
     _run([b], batches[1:], model)
     a.merge(b)
     wa, ma = whole.arrays(), a.arrays()
-    # MeanState sums a shard in float32 (documented); every other state is float64 throughout
-    rtol, atol = (1e-6, 1e-5) if kind.startswith("mean") else (1e-10, 1e-9)
+    # MeanState and Covariance sum a shard in float32 (documented); the rest are float64 throughout
+    rtol, atol = (1e-6, 1e-5) if kind.startswith(("mean", "cov")) else (1e-10, 1e-9)
     for key in wa:
         np.testing.assert_allclose(ma[key], wa[key], rtol=rtol, atol=atol, err_msg=key)
 
@@ -195,3 +195,63 @@ def test_pca_from_streaming_covariance_matches_sklearn():
     np.testing.assert_allclose(ours.explained_variance, ref.explained_variance_, rtol=1e-4)
     # same subspace: |cos| between matching components is 1
     np.testing.assert_allclose(np.abs(np.sum(ours.components * ref.components_, axis=1)), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("close_rows", [1 << 16, 500])
+def test_covariance_block_triangle_and_closes_match_numpy(monkeypatch, close_rows):
+    """At a width that splits into 4 uneven blocks (only the upper block triangle is multiplied,
+    then mirrored), with an offset far above the spread and a mean that drifts between batches
+    (each accumulation is centered on its first rows), the covariance equals numpy's float64 one;
+    a small `CLOSE_ROWS` folds the float32 accumulator several times in one shard."""
+    from generator.capture.batch import State
+
+    monkeypatch.setattr(Covariance, "CLOSE_ROWS", close_rows)
+    rng = np.random.default_rng(2)
+    d = 301
+    x = rng.normal(size=(2400, 40)) @ rng.normal(size=(40, d)) + rng.normal(size=d) * 1e3
+    x[1200:] += 5.0  # the second half of the batches drifts away from the first rows' center
+    site = all_sites(1)[0]
+    cov = Covariance([site], d)
+    assert len(cov._edges(d)) == 5
+    for n, part in enumerate(np.array_split(x, 8)):
+        h = torch.from_numpy(part).float().unsqueeze(0)
+        cov.update(State(site, h, Batch(torch.zeros(1, len(part), dtype=torch.long),
+                                        torch.ones(1, len(part), dtype=torch.bool), torch.tensor([n]))))
+        cov.end_batch()
+    xf = x.astype(np.float32).astype(np.float64)  # what the reducer is given
+    c = xf - xf.mean(0)
+    st = cov.state
+    np.testing.assert_allclose(st["mean"], xf.mean(0), rtol=1e-7, atol=1e-8 * np.abs(xf).max())
+    np.testing.assert_allclose(st["m2"], c.T @ c, rtol=1e-4, atol=1e-5 * np.abs(c.T @ c).max())
+    np.testing.assert_allclose(st["m2"], st["m2"].T)  # mirrored exactly
+
+
+def test_reservoir_slots_hold_the_k_smallest_keys_with_their_own_rows(setup):
+    """Shards merged into a total (rows copied slot by slot, never concatenated) equal one pass;
+    merging a shard a second time changes nothing (a (key, site) pair is kept once); every kept
+    row is the state at its labelled (site, sample, position)."""
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    keeps = {(s.depth): Keep(s) for s in sites}
+    one = Reservoir(sites, 32, k=30, seed=4)
+    _run([one, *keeps.values()], batches, model)
+    total, shards = Reservoir(sites, 32, k=30, seed=4), []
+    for b in batches:
+        shard = Reservoir(sites, 32, k=30, seed=4)
+        _run([shard], [b], model)
+        shards.append(shard)
+        total.merge(shard)
+    want = one.arrays()
+    got = total.arrays()
+    np.testing.assert_array_equal(got["key"], want["key"])
+    np.testing.assert_allclose(got["vectors"], want["vectors"], rtol=1e-6, atol=1e-6)
+    total.merge(shards[1])
+    again = total.arrays()
+    for k in want:
+        np.testing.assert_array_equal(again[k], got[k])
+    assert len(np.unique(got["key"])) == 30 and np.all(np.diff(got["key"]) >= 0)
+    for row, d, s, p in zip(got["vectors"], got["depth"], got["sample"], got["position"], strict=True):
+        k = keeps[int(d)]
+        idx = np.concatenate(k.idx)
+        match = np.flatnonzero((idx[:, 0] == s) & (idx[:, 1] == p))
+        np.testing.assert_allclose(row, np.concatenate(k.rows)[match[0]], rtol=1e-5, atol=1e-6)
