@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from generator.capture.batch import State, token_hash_np
+from generator.capture.batch import Batch, State, token_hash_np
 from generator.capture.sites import Site
 from generator.reducers.base import Reducer
 
@@ -55,30 +56,48 @@ class Reservoir(Reducer):
         self._used = 0
         self._sorted = True
         """`_state` is the sorted form of the slots."""
+        self._batch: Batch | None = None
+        self._cand: dict[str, Any] = {}
 
     def update(self, state: State) -> None:
         """Take this site's candidates: one row gather on the device, no sync.
 
         Which tokens are candidates depends only on the hash keys, so it is decided on the host
-        (numpy, from the batch's ids).
+        (numpy, from the batch's ids), for every site of the batch at once (`_candidates`).
         """
         b = state.batch
-        t = b.np_mask.shape[1]
-        keys = token_hash_np(b.np_sample_ids[:, None], np.arange(t)[None, :],
-                             self.seed * 100_003 + state.site.depth)
-        flat = np.flatnonzero(b.np_mask & (keys < self._threshold))
-        n = len(flat)
-        if n == 0:
+        if b is not self._batch:
+            self._candidates(b)
+        cand = self._cand
+        i = self.index[(state.site.point, state.site.block)]
+        lo, hi = int(cand["starts"][i]), int(cand["starts"][i + 1])
+        if hi == lo:
             return
         h = state.h.reshape(-1, state.h.shape[-1])
-        self._vec_pending.append(h.index_select(0, b.to_device(flat)).float())
-        self._pending.append({
-            "key": keys.reshape(-1)[flat], "depth": np.full(n, state.site.depth),
-            "block": np.full(n, state.site.block), "sample": b.np_sample_ids[flat // t],
-            "position": flat % t, "token": b.np_input_ids.reshape(-1)[flat].astype(np.int64)})
-        self._pending_rows += n
+        self._vec_pending.append(h.index_select(0, cand["device"][lo:hi]).float())
+        self._pending.append({k: cand[k][lo:hi] for k in self.LABELS})
+        self._pending_rows += hi - lo
+
+    def _candidates(self, b: Batch) -> None:
+        """Every (site, token) of the batch whose hash key is under the threshold.
+
+        Labels grouped by site (`starts`), and the flat token indices on the device (one copy).
+        """
+        self._batch = b
+        t = b.np_mask.shape[1]
+        depth = np.array([s.depth for s in self.sites], np.int64)
+        keys = token_hash_np(b.np_sample_ids[None, :, None], np.arange(t)[None, None, :],
+                             (self.seed * 100_003 + depth)[:, None, None])
+        site, flat = np.nonzero((b.np_mask[None] & (keys < self._threshold)).reshape(len(depth), -1))
+        block = np.array([s.block for s in self.sites], np.int64)
+        self._cand = {
+            "starts": np.searchsorted(site, np.arange(len(depth) + 1)),
+            "device": b.to_device(flat), "key": keys.reshape(len(depth), -1)[site, flat],
+            "depth": depth[site], "block": block[site], "sample": b.np_sample_ids[flat // t],
+            "position": flat % t, "token": b.np_input_ids.reshape(-1)[flat].astype(np.int64)}
 
     def end_batch(self) -> None:
+        self._batch, self._cand = None, {}
         if self._pending_rows > max(self.k // 2, 64):
             self._absorb_pending()
 
