@@ -40,6 +40,7 @@ from tqdm import tqdm
 from generator.capture.hooks import Capture
 from generator.errors import AtlasError, ExecutorError, ModelLoadError
 from generator.inputs import TokenInputs
+from generator.memory import release_free_heap
 from generator.models import LoadedModel, ModelSpec
 from generator.reducers.base import Reducer
 from generator.reducers.states import dump_states, from_config, load_states, merge_states
@@ -120,6 +121,7 @@ class Local:
                 n += capture_shard(self.model, self.adapter, inputs, part, self.device, start,
                                    stop, bar)
                 merge_states(reducers, part, consume=False)
+                release_free_heap()
         return n
 
     def close(self) -> None:
@@ -167,7 +169,10 @@ class ShardWorker:
         inputs = TokenInputs(mode, torch.as_tensor(ids), torch.as_tensor(mask), batch_size,
                              first=first)
         capture_shard(self.loaded.model, self.adapter, inputs, reducers, self.device)
-        return dump_states(reducers)
+        blob = dump_states(reducers)
+        del reducers
+        release_free_heap()
+        return blob
 
 
 def _injected_fault(mode: str, shard: int) -> None:
