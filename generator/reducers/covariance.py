@@ -168,6 +168,10 @@ class Covariance(Reducer):
         """
         if not self._pooled:
             return
+        with torch.inference_mode():  # the pool and accumulator are inference tensors
+            self._add_pool()
+
+    def _add_pool(self) -> None:
         x, w = self._buf[:self._pooled], self._wbuf[:self._pooled]  # type: ignore[index]
         rows, self._pooled = self._pooled, 0
         acc = self._acc
@@ -214,10 +218,18 @@ class Covariance(Reducer):
     totals (a shard usually closes once, at its end): bounds float32 rounding on long shards."""
 
     def _close(self) -> None:
-        """(n, s, G) of the open accumulation -> (n, mean, M2) in float64, merged on the device."""
+        """(n, s, G) of the open accumulation -> (n, mean, M2) in float64, merged on the device.
+
+        In inference mode: the accumulators were made during the capture (inference tensors),
+        and the last close comes from `_fold`, outside it.
+        """
         acc, self._acc, self._acc_rows = self._acc, None, 0
         if acc is None:
             return
+        with torch.inference_mode():
+            self._close_into_totals(acc)
+
+    def _close_into_totals(self, acc: dict[str, torch.Tensor]) -> None:
         n_b = acc["n"]
         m2_b = self._g.double()  # type: ignore[union-attr]
         e = self._edges(m2_b.shape[0])
