@@ -96,7 +96,10 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     more shard of a long run: capture includes everything a run pays per shard (updates, the
     merge into the float64 totals, the reset of the shard buffers, covariance folds). What a
     run pays once (allocating the states) is paid in the warm-up. Medians of paired,
-    interleaved repetitions, so machine noise hits both sides alike.
+    interleaved repetitions, so machine noise hits both sides alike. The repetitions offer the
+    same samples again, so the run's total reservoir takes in no new rows after the first (a
+    (key, site) pair is kept once): its merge is the key sort alone, where a real next shard
+    also copies the rows that enter (those of its own k / shards or so that beat the total).
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
