@@ -181,7 +181,8 @@ class Covariance(Reducer):
                                       dtype=torch.promote_types(self.matmul_dtype, x.dtype))
             else:
                 self._g.zero_()
-            center = (w @ x) / w.sum().clamp_min(1e-30)  # all rows dropped: any center will do
+            ws = w.sum()  # all rows dropped (weight 0): their plain mean still centers well
+            center = torch.where(ws > 0, (w @ x) / ws.clamp_min(1e-30), x.mean(0))
             acc = self._acc = {"center": center, "n": w.sum(dtype=torch.float64),
                                "s": torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)}
         else:
