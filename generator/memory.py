@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import resource
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,22 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
+def _libc() -> Any:
+    """The C library, or None where it cannot be found or loaded."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
     """Set glibc's mmap and trim thresholds (no-op elsewhere); True when both were applied."""
-    name = ctypes.util.find_library("c")
-    if not name:
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and \
             bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError):
@@ -54,11 +64,10 @@ def release_free_heap(keep: int = 256 << 20) -> int:
     own reuse (see the module docstring) is untouched. Returns the free bytes found (0 where
     glibc's `mallinfo2` is missing).
     """
-    name = ctypes.util.find_library("c")
-    if not name:
+    libc = _libc()
+    if libc is None:
         return 0
     try:
-        libc = ctypes.CDLL(name)
         libc.mallinfo2.restype = _MallInfo2
         free = int(libc.mallinfo2().fordblks)
         if free > keep:

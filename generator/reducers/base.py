@@ -74,8 +74,12 @@ class Reducer:
     def update(self, state: State) -> None:
         raise NotImplementedError
 
+    def end_batch(self) -> None:
+        """After each forward (and before any fold): reduce what `update` only kept references to."""
+
     def _fold(self) -> None:
         """Merge the device-side partial state into `self._state` and drop it."""
+        self.end_batch()
         if self._dev is not None:
             dev, self._dev = self._dev, None
             self._merge_arrays({k: _np(v) for k, v in dev.items()})
@@ -144,6 +148,7 @@ class Sums(Reducer):
     """Reducers whose state is plain sums: folding and merging are additions, done in place."""
 
     def _fold(self) -> None:
+        self.end_batch()
         if self._dev is not None:
             dev, self._dev = self._dev, None
             _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
@@ -157,6 +162,7 @@ class Sums(Reducer):
         No float64 copy of the shard is made, so a run holds the float64 total plus one shard at
         its own precision, whatever the number of shards.
         """
+        self.end_batch()
         if self._pristine and self._dev is not None:
             return {k: _np(v) for k, v in self._dev.items()}, True
         return self.arrays(), False

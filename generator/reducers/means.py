@@ -138,14 +138,6 @@ class MeanState(Sums):
                 cnt[self._sel[key], 0, :len(c)] += c
         self._batch, self._seen, self._ids = None, [], None
 
-    def _fold(self) -> None:
-        self.end_batch()
-        super()._fold()
-
-    def _partials(self) -> tuple[dict[str, np.ndarray], bool]:
-        self.end_batch()
-        return super()._partials()
-
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(means shaped dims + (D,), counts shaped dims); empty slots are NaN."""
         st = self.arrays()

@@ -69,10 +69,6 @@ class NormStats(Reducer):
         d["n_pos"][sel, :t] += w.sum(0)
         d["sum_pos"][sel, :t] += x.sum(1)
 
-    def _fold(self) -> None:
-        self.end_batch()
-        super()._fold()
-
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
         a = self._state
         a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],

@@ -166,20 +166,22 @@ class Reservoir(Reducer):
     def merge(self, other: Reducer, consume: bool = False) -> None:
         """Take in `other`'s rows: only the keys are sorted, only entering rows are copied."""
         assert isinstance(other, Reservoir)
-        self._absorb_pending()
         other._absorb_pending()
         u = other._used
-        if u:
-            if self._slots is None:  # a run's total lives on the host
-                self._slots = torch.empty(self.k, self.d_model)
-            self._insert({k: other._lab[k][:u] for k in self.LABELS},
-                         [other._slots[:u]])  # type: ignore[index]
+        self._take({k: other._lab[k][:u] for k in self.LABELS},
+                   other._slots[:u] if u else None)  # type: ignore[index]
 
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        self._take({k: np.asarray(b[k], np.int64) for k in self.LABELS},
+                   torch.from_numpy(np.ascontiguousarray(b["vectors"], np.float32)))
+
+    def _take(self, labels: dict[str, np.ndarray], rows: torch.Tensor | None) -> None:
+        """Merge labelled rows from elsewhere; a run's total keeps its slots on the host."""
         self._absorb_pending()
-        if len(b["key"]):
-            self._insert({k: np.asarray(b[k], np.int64) for k in self.LABELS},
-                         [torch.from_numpy(np.ascontiguousarray(b["vectors"], np.float32))])
+        if len(labels["key"]):
+            if self._slots is None:
+                self._slots = torch.empty(self.k, self.d_model)
+            self._insert(labels, [rows])  # type: ignore[list-item]
 
     def reset(self) -> None:
         """Empty again; the row slots are kept (reused by the next shard)."""

@@ -47,14 +47,6 @@ class SampleNorms(Sums):
         self._dev["sum"][b.sample_ids, :t] += total
         self._dev["count"][b.sample_ids, :t] += b.fmask.double() * len(norms)
 
-    def _fold(self) -> None:
-        self.end_batch()
-        super()._fold()
-
-    def _partials(self) -> tuple[dict[str, np.ndarray], bool]:
-        self.end_batch()
-        return super()._partials()
-
     def means(self) -> np.ndarray:
         st = self.arrays()
         c = st["count"]
