@@ -62,68 +62,127 @@ class Covariance(Reducer):
         self._heavy_over: torch.Tensor | None = None
         self._heavy_need: torch.Tensor | None = None
         """Rows weigh 1 (heavy) or `every` (sampled); otherwise all weigh `every`."""
+        self._seg: dict | None = None
+        """The current batch's rows in the pool, for `_finalize`: its sites' norms, heavy rows."""
 
     HEAVY_FRACTION = 1 / 64
     """Rows reserved per site and batch for heavy tokens outside the hashed sample, as a fraction
     of the site's candidate tokens (grown by `regrow` when a shard needed more)."""
 
     def update(self, state: State) -> None:
-        """Gather this site's rows into the pool, with weights, without any host sync.
+        """Gather this site's rows into the pool: one row gather, nothing else per site.
 
-        No Python loop over data-dependent sizes: every length is known on the host first.
+        No host sync and no Python loop over data-dependent sizes: every length is known on the
+        host first. What depends on the rows' norms (unit scaling, the weights of `keep_above`
+        and `drop_above`, the site medians they compare with) is done for every site of the
+        batch at once, in `_finalize`, before the pool's product: a dozen operators per batch
+        instead of a dozen per site (on a GPU each is a kernel launch).
 
         The hashed sample's indices come from the host. Heavy tokens (stratified) outside it are
         compacted on the device into a fixed number of rows (`nonzero_static`, padding weighs
-        0); `regrow` reports, once per shard, whether that number was too small. Dropped tokens
-        (`drop_above`) stay in place with weight 0: the same sums as leaving them out.
+        0): they need the site's median now, so that part stays per site. `regrow` reports,
+        once per shard, whether that number was too small. Dropped tokens (`drop_above`) stay in
+        place with weight 0: the same sums as leaving them out.
         """
         b, mp, every = state.batch, self.min_position, self.every
         n_cand = b.count(1, mp)
         if n_cand == 0:
             return
+        seg = self._seg
+        if seg is not None and seg["batch"] is not b:  # a caller that skipped `end_batch`
+            self._finalize()
+            seg = None
         idx, m = b.sample_index(every, mp)
-        norms = state.norms2d.reshape(-1) if (self.unit or self._stratified
-                                              or self.drop_above > 0) else None
-        med = None
-        if self._stratified or self.drop_above > 0:
+        if seg is None:
+            k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
+                 if self._stratified and n_cand > m else 0)
+            seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "norms": [], "hidx": [],
+                               "hw": [], "pooled": 0, "done": 0}
+        k = seg["k"]
+        if self._per_row:
+            seg["norms"].append(state.norms2d)
+        if k:
             v = state.norms2d[:, mp:]
             med = v.median() if b.full else torch.where(b.mask[:, mp:], v, torch.nan).nanmedian()
-        w = torch.full((m,), float(every), device=idx.device)
-        if self._stratified:
-            w = torch.where(norms.index_select(0, idx) >= self.keep_above * med, 1.0, w)
-        if self.drop_above > 0:
-            w = torch.where(norms.index_select(0, idx) <= self.drop_above * med, w, 0.0)
-        if self._stratified and n_cand > m:
-            k = min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
             heavy = b.outside_sample(every, mp) & (state.norms2d >= self.keep_above * med)
             if self.drop_above > 0:
                 heavy &= state.norms2d <= self.drop_above * med
             flat = heavy.reshape(-1)
             hidx = torch.nonzero_static(flat, size=k, fill_value=0).squeeze(1)
             count = flat.sum()
-            hw = (torch.arange(k, device=flat.device) < count).float()
+            seg["hidx"].append(hidx)
+            seg["hw"].append((torch.arange(k, device=flat.device) < count).float())
             self._heavy_counts.append((count - k, count / n_cand))
-            idx, w, m = torch.cat([idx, hidx]), torch.cat([w, hw]), m + k
+            idx = torch.cat([idx, hidx])
         src = state.h.reshape(-1, state.h.shape[-1])
         if self._buf is None:
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)
-        done = 0
-        while done < m:  # host-known sizes only
+        total, done = m + k, 0
+        while done < total:  # host-known sizes only
             if self._pooled == self.capacity:
                 self._product()
-            n = min(self.capacity - self._pooled, m - done)
-            part = idx[done:done + n] if n < m else idx
+            n = min(self.capacity - self._pooled, total - done)
+            part = idx[done:done + n] if n < total else idx
             rows = self._buf[self._pooled:self._pooled + n]
             if src.dtype == rows.dtype:
                 torch.index_select(src, 0, part, out=rows)
             else:
                 rows.copy_(src.index_select(0, part))
-            if self.unit:
-                rows.div_(norms.index_select(0, part).clamp_min_(1e-12).unsqueeze(1))
-            self._wbuf[self._pooled:self._pooled + n].copy_(w[done:done + n] if n < m else w)  # type: ignore[index]
             self._pooled += n
+            seg["pooled"] += n
             done += n
+
+    @property
+    def _per_row(self) -> bool:
+        """Whether rows need their norms (unit scaling, or weights that compare with a median)."""
+        return self.unit or self._stratified or self.drop_above > 0
+
+    def _finalize(self) -> None:
+        """Weights and unit scaling of the batch's newly pooled rows, for all its sites at once.
+
+        The batch's sites are laid out alike in the pool: each gives its m hashed rows, then its
+        k heavy ones, so row g of the batch is row g % (m + k) of site g // (m + k); only rows
+        from `done` on are still to do (a product mid-batch finalized the rest).
+        """
+        seg = self._seg
+        if seg is None or seg["done"] == seg["pooled"]:
+            return
+        g0, g1 = seg["done"], seg["pooled"]
+        p1 = self._pooled
+        p0 = p1 - (g1 - g0)
+        wdst = self._wbuf[p0:p1]  # type: ignore[index]
+        seg["done"] = g1
+        if not self._per_row:
+            wdst.fill_(float(self.every))
+            return
+        with torch.inference_mode():  # the pool is an inference tensor
+            b, mp, m = seg["batch"], self.min_position, seg["m"]
+            norms = torch.stack(seg["norms"])  # (S, B, T)
+            s, bt = norms.shape[0], norms[0].numel()
+            tok = seg["idx"].expand(s, m)
+            if seg["k"]:
+                tok = torch.cat([tok, torch.stack(seg["hidx"])], 1)
+            base = torch.arange(0, s * bt, bt, device=norms.device).unsqueeze(1)
+            rn = norms.view(-1).index_select(0, (tok + base).reshape(-1))  # (S * (m + k))
+            w = torch.full((s, m), float(self.every), device=norms.device)
+            if self._stratified or self.drop_above > 0:
+                v = norms[:, :, mp:].reshape(s, -1)
+                if b.full:
+                    med = v.median(1).values
+                else:
+                    med = torch.where(b.mask[:, mp:].reshape(1, -1), v, torch.nan).nanmedian(1).values
+                med = med.unsqueeze(1)
+                rs = rn.view(s, -1)[:, :m]
+                if self._stratified:
+                    w = torch.where(rs >= self.keep_above * med, 1.0, w)
+                if self.drop_above > 0:
+                    w = torch.where(rs <= self.drop_above * med, w, 0.0)
+            if seg["k"]:
+                w = torch.cat([w, torch.stack(seg["hw"])], 1)
+            wdst.copy_(w.reshape(-1)[g0:g1])
+            if self.unit:
+                self._buf[p0:p1].div_(rn[g0:g1].clamp_min(1e-12).unsqueeze(1))  # type: ignore[index]
 
     def regrow(self) -> bool:
         """Whether a batch had more heavy tokens than rows reserved (once per shard: one sync).
@@ -153,6 +212,7 @@ class Covariance(Reducer):
         """After the forward: the batch's heavy-row counts, then one product for its rows."""
         self._flush_counts()
         self._product()
+        self._seg = None
 
     def _product(self) -> None:
         """Add the pooled rows to the open accumulation: one in-place product, no new d x d array.
@@ -166,6 +226,7 @@ class Covariance(Reducer):
         it saves). The weighted sum of the centered rows is kept in float64; `_close` turns
         (n, s, G) into (n, mean, M2) exactly (M2 = G - s s^T / n).
         """
+        self._finalize()
         if not self._pooled:
             return
         with torch.inference_mode():  # the pool and accumulator are inference tensors
