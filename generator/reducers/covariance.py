@@ -90,14 +90,14 @@ class Covariance(Reducer):
             return
         seg = self._seg
         if seg is not None and seg["batch"] is not b:  # a caller that skipped `end_batch`
-            self._finalize()
+            self._end_rows()
             seg = None
         idx, m = b.sample_index(every, mp)
         if seg is None:
             k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
                  if self._stratified and n_cand > m else 0)
-            seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "norms": [], "hidx": [],
-                               "hw": [], "pooled": 0, "done": 0}
+            seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "n_cand": n_cand,
+                               "norms": [], "hidx": [], "counts": [], "pooled": 0, "done": 0}
         k = seg["k"]
         if self._per_row:
             seg["norms"].append(state.norms2d)
@@ -111,8 +111,7 @@ class Covariance(Reducer):
             hidx = torch.nonzero_static(flat, size=k, fill_value=0).squeeze(1)
             count = flat.sum()
             seg["hidx"].append(hidx)
-            seg["hw"].append((torch.arange(k, device=flat.device) < count).float())
-            self._heavy_counts.append((count - k, count / n_cand))
+            seg["counts"].append(count)
             idx = torch.cat([idx, hidx])
         src = state.h.reshape(-1, state.h.shape[-1])
         if self._buf is None:
@@ -178,8 +177,9 @@ class Covariance(Reducer):
                     w = torch.where(rs >= self.keep_above * med, 1.0, w)
                 if self.drop_above > 0:
                     w = torch.where(rs <= self.drop_above * med, w, 0.0)
-            if seg["k"]:
-                w = torch.cat([w, torch.stack(seg["hw"])], 1)
+            if seg["k"]:  # heavy rows past a site's count are padding: weight 0
+                hw = torch.arange(seg["k"], device=w.device) < torch.stack(seg["counts"])[:, None]
+                w = torch.cat([w, hw.float()], 1)
             wdst.copy_(w.reshape(-1)[g0:g1])
             if self.unit:
                 self._buf[p0:p1].div_(rn[g0:g1].clamp_min(1e-12).unsqueeze(1))  # type: ignore[index]
@@ -210,8 +210,19 @@ class Covariance(Reducer):
 
     def end_batch(self) -> None:
         """After the forward: the batch's heavy-row counts, then one product for its rows."""
+        self._end_rows()
         self._flush_counts()
         self._product()
+
+    def _end_rows(self) -> None:
+        """Finalize the batch's pooled rows and note its largest heavy count (for `regrow`)."""
+        seg = self._seg
+        if seg is None:
+            return
+        self._finalize()
+        if seg["counts"]:
+            top = torch.stack(seg["counts"]).max()
+            self._heavy_counts.append((top - seg["k"], top / seg["n_cand"]))
         self._seg = None
 
     def _product(self) -> None:

@@ -60,23 +60,28 @@ class Reservoir(Reducer):
         self._cand: dict[str, Any] = {}
 
     def update(self, state: State) -> None:
-        """Take this site's candidates: one row gather on the device, no sync.
+        """Gather this site's candidates into the batch's row buffer: one row gather, no sync.
 
         Which tokens are candidates depends only on the hash keys, so it is decided on the host
-        (numpy, from the batch's ids), for every site of the batch at once (`_candidates`).
+        (numpy, from the batch's ids), for every site of the batch at once (`_candidates`); the
+        rows of all sites land in one buffer, taken in as one chunk.
         """
         b = state.batch
         if b is not self._batch:
+            self.end_batch()
             self._candidates(b)
         cand = self._cand
         i = self.index[(state.site.point, state.site.block)]
         lo, hi = int(cand["starts"][i]), int(cand["starts"][i + 1])
+        cand["arrived"].append(i)
         if hi == lo:
             return
         h = state.h.reshape(-1, state.h.shape[-1])
-        self._vec_pending.append(h.index_select(0, cand["device"][lo:hi]).float())
-        self._pending.append({k: cand[k][lo:hi] for k in self.LABELS})
-        self._pending_rows += hi - lo
+        rows, part = cand["rows"][lo:hi], cand["device"][lo:hi]
+        if h.dtype == rows.dtype:
+            torch.index_select(h, 0, part, out=rows)
+        else:
+            rows.copy_(h.index_select(0, part))
 
     def _candidates(self, b: Batch) -> None:
         """Every (site, token) of the batch whose hash key is under the threshold.
@@ -94,14 +99,36 @@ class Reservoir(Reducer):
             "starts": np.searchsorted(site, np.arange(len(depth) + 1)),
             "device": b.to_device(flat), "key": keys.reshape(len(depth), -1)[site, flat],
             "depth": depth[site], "block": block[site], "sample": b.np_sample_ids[flat // t],
-            "position": flat % t, "token": b.np_input_ids.reshape(-1)[flat].astype(np.int64)}
+            "position": flat % t, "token": b.np_input_ids.reshape(-1)[flat].astype(np.int64),
+            "arrived": []}
+        self._cand["rows"] = torch.empty(len(flat), self.d_model, dtype=torch.float32,
+                                         device=b.device)
 
     def end_batch(self) -> None:
-        self._batch, self._cand = None, {}
+        self._queue_batch()
         if self._pending_rows > max(self.k // 2, 64):
             self._absorb_pending()
 
+    def _queue_batch(self) -> None:
+        """Queue the batch's rows of the sites that came (all of them, but for a short forward)."""
+        cand, self._batch, self._cand = self._cand, None, {}
+        if cand and cand["arrived"]:
+            labels = {k: cand[k] for k in self.LABELS}
+            rows = cand["rows"]
+            if len(cand["arrived"]) < len(self.sites):
+                starts = cand["starts"]
+                take = np.concatenate([np.arange(starts[i], starts[i + 1])
+                                       for i in sorted(set(cand["arrived"]))])
+                labels = {k: v[take] for k, v in labels.items()}
+                with torch.inference_mode():
+                    rows = rows.index_select(0, _index(take, rows.device))
+            if len(rows):
+                self._pending.append(labels)
+                self._vec_pending.append(rows)
+                self._pending_rows += len(rows)
+
     def _absorb_pending(self) -> None:
+        self._queue_batch()
         if self._pending:
             labels = {k: np.concatenate([p[k] for p in self._pending]) for k in self.LABELS}
             self._insert(labels, self._vec_pending)
