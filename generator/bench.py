@@ -145,6 +145,23 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     return {k: statistics.median(v) for k, v in ratios.items()}
 
 
+NO_KERNEL = frozenset(f"aten::{n}" for n in (
+    "as_strided", "view", "reshape", "select", "slice", "unsqueeze", "squeeze", "narrow", "expand",
+    "empty", "empty_strided", "empty_like", "resolve_conj", "resolve_neg", "lift_fresh", "alias",
+    "detach", "t", "transpose", "permute", "_reshape_alias", "_unsafe_view", "view_as", "flatten",
+    "split", "chunk", "unbind", "numpy_T", "to", "_to_copy", "contiguous", "clone", "result_type",
+    "scalar_tensor", "dim", "item", "_local_scalar_dense", "is_nonzero"))
+"""Operators that launch no kernel of their own (views, allocations) or only through the
+operators they call (conversions, copies), which the profiler records as their children."""
+
+
+def _is_kernel(e: Any) -> bool:
+    """A profiler event that would be one device kernel: a leaf among computing operators."""
+    if not e.name.startswith("aten::") or e.name in NO_KERNEL:
+        return False
+    return not any(c.name.startswith("aten::") and c.name not in NO_KERNEL for c in e.cpu_children)
+
+
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero",
             "aten::masked_select", "aten::unique", "aten::equal")
 """Operators that make the host wait for the device (on CUDA); `nonzero_static` does not."""
@@ -213,6 +230,7 @@ def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> 
         finally:
             torch.Tensor.numpy, torch.Tensor.cpu = orig  # type: ignore[method-assign]
         ops = collections.Counter({e.key: e.count for e in p.key_averages()})
+        ops["_kernels"] = sum(1 for e in p.events() if _is_kernel(e))
         return ops, calls
 
     capture_shard(model, adapter, inputs, reducers, "cpu")  # warm-up (and any regrow)
@@ -223,8 +241,11 @@ def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> 
     cap, cap_calls = count(loop)
     shard, shard_calls = count(per_shard)
     nb = len(batches)
+    kf, kc = fwd.pop("_kernels"), cap.pop("_kernels")
+    shard.pop("_kernels")
     return {"ops_forward": sum(fwd.values()) / nb, "ops_capture_extra": (sum(cap.values())
             - sum(fwd.values())) / nb,
+            "kernel_ops_forward": kf / nb, "kernel_ops_capture_extra": (kc - kf) / nb,
             "syncs_per_batch": sum(cap[k] - fwd[k] for k in SYNC_OPS) / nb,
             "host_copies_per_batch": cap_calls["host_copies"] / nb,
             "syncs_per_shard": sum(shard[k] for k in SYNC_OPS),

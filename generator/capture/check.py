@@ -21,13 +21,18 @@ def residual_gap(inp: torch.Tensor, got: dict[str, torch.Tensor],
     x, attn, mlp, end = (t[at] for t in (inp, got["attn"], got["mlp"], got["resid_mlp"]))
     if "resid_attn" in got:
         mid = got["resid_attn"][at]
-        err = torch.maximum((x + attn - mid).abs().amax(), (mid + mlp - end).abs().amax())
+        err = torch.maximum(_largest(x + attn - mid), _largest(mid + mlp - end))
         rebuilt = "input + attn = resid_attn, resid_attn + mlp = output"
     else:  # any additive block passes the sum: the MLP must also read the block input
-        err = torch.maximum((x + attn + mlp - end).abs().amax(),
-                            (got["mlp_in"][at] - x).abs().amax())
+        err = torch.maximum(_largest(x + attn + mlp - end), _largest(got["mlp_in"][at] - x))
         rebuilt = "input + attn + mlp = output, and the MLP branch reads the input (parallel block)"
-    return err, end.abs().amax() + 1.0, rebuilt
+    return err, _largest(end) + 1.0, rebuilt
+
+
+def _largest(t: torch.Tensor) -> torch.Tensor:
+    """The largest |t| in one reduction (NaN if any is NaN), on the device, at least float32."""
+    wide = t.dtype if t.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(t, float("inf"), dtype=wide)
 
 
 def check_residual(where: str, inp: torch.Tensor, got: dict[str, torch.Tensor], rtol: float,

@@ -47,6 +47,7 @@ class MeanState(Sums):
         self._seen: list[int] = []
         self._ids: tuple[torch.Tensor | slice, torch.Tensor | None] | None = None
         self._sel: dict[tuple[int, ...], torch.Tensor] = {}
+        self._ones_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def update(self, state: State) -> None:
         b = state.batch
@@ -75,9 +76,21 @@ class MeanState(Sums):
             else:
                 dst.index_add_(0, ids, part)
         elif n_pos > 1:
-            acc[0, :t].add_(h[0] if len(h) == 1 else h.sum(0, dtype=f32))
+            dst = acc[0, :t]
+            if len(h) == 1:
+                dst.add_(h[0])
+            elif h.dtype == f32 and h.is_contiguous():  # sum over the batch and add: one kernel
+                dst.view(1, -1).addmm_(self._ones(len(h), h.device), h.view(len(h), -1))
+            else:
+                dst.add_(h.sum(0, dtype=f32))
         else:
             acc[0, 0].add_(h.sum((0, 1), dtype=f32))
+
+    def _ones(self, n: int, device: torch.device) -> torch.Tensor:
+        key = (n, device)
+        if key not in self._ones_cache:
+            self._ones_cache[key] = torch.ones(1, n, device=device)
+        return self._ones_cache[key]
 
     def _rows(self, b: Batch) -> tuple[torch.Tensor | slice, torch.Tensor | None]:
         """Device slot ids of the batch's rows kept (sample id < max_samples), and which rows.
