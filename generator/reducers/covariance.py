@@ -152,10 +152,10 @@ class Covariance(Reducer):
         p0 = p1 - (g1 - g0)
         wdst = self._wbuf[p0:p1]  # type: ignore[index]
         seg["done"] = g1
-        if not self._per_row:
-            wdst.fill_(float(self.every))
-            return
         with torch.inference_mode():  # the pool is an inference tensor
+            if not self._per_row:
+                wdst.fill_(float(self.every))
+                return
             b, mp, m = seg["batch"], self.min_position, seg["m"]
             norms = torch.stack(seg["norms"])  # (S, B, T)
             s, bt = norms.shape[0], norms[0].numel()
