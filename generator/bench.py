@@ -488,9 +488,12 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
 
 
 def main_cuda(quick: bool) -> dict[str, Any]:
-    """The capture ratios on a CUDA device (reducers stay on the GPU), random-weight shapes.
+    """The issue's GPU targets on a CUDA device (reducers stay on the GPU), random weights.
 
-    Results are written after every shape, so a run cut short still leaves what it measured.
+    Per shape and dtype (float32, bfloat16): capture vs forward ratios, then `cuda_loop_checks`
+    (the capture loop under `torch.cuda.set_sync_debug_mode("error")`, and the device memory
+    peak against the forward's). Results are written after every step, so a run cut short
+    still leaves what it measured.
     """
     if not torch.cuda.is_available():
         from generator.errors import AtlasError
@@ -499,16 +502,80 @@ def main_cuda(quick: bool) -> dict[str, Any]:
     res: dict[str, Any] = {"machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}"}
     path = Path("build/bench-cuda.json")
     reps = 3
-    gpt2 = gpt2_small("cuda")
-    for label, shape in (("gpt2s_8x128", (32, 128, 8)), ("gpt2s_1x1024", (4, 1024, 1)),
-                         ("gpt2s_16x1024", (32, 1024, 16))):
-        ratios(res, gpt2, label, shape, 50257, (1, 8), reps)
-        report(res, path, quiet=True)
-    smol = smollm2_shaped("cuda")
-    for label, shape in (("smollm2shape_4x512", (16, 512, 4)), ("smollm2shape_32x512", (64, 512, 32))):
-        ratios(res, smol, label, shape, 49152, (1, 8), reps)
-        report(res, path, quiet=True)
+    everies = (8,) if quick else (1, 8)
+    for make, vocab, shapes in ((gpt2_small, 50257, (("gpt2s_8x1024", (32, 1024, 8)),
+                                                     ("gpt2s_8x128", (32, 128, 8)))),
+                                (smollm2_shaped, 49152, (("smollm2shape_4x512", (16, 512, 4)),
+                                                         ("smollm2shape_32x512", (64, 512, 32))))):
+        for dtype in (torch.float32, torch.bfloat16):
+            model = make("cuda").to(dtype)
+            for label, shape in shapes[:1] if quick else shapes:
+                name = f"{label}_{str(dtype).removeprefix('torch.')}"
+                ratios(res, model, name, shape, vocab, everies, reps)
+                report(res, path, quiet=True)
+                res.update(cuda_loop_checks(model, name, shape, vocab))
+                report(res, path, quiet=True)
+            del model
+            torch.cuda.empty_cache()
+    res.pop("_tokens_per_s", None)
     return report(res, path)
+
+
+def cuda_loop_checks(model: Any, label: str, shape: tuple[int, int, int],
+                     vocab: int) -> dict[str, Any]:
+    """The capture loop under sync-debug "error" mode, and its device memory peak.
+
+    One shard of `shape` = (samples, tokens, batch size) with the default suite's reducers,
+    after a warm-up shard (buffers allocated, as in a run). Any host synchronization inside the
+    loop raises there; its first line is recorded. The peak is `torch.cuda.max_memory_allocated`
+    over the loop against the same over the forward alone, on the same batches.
+    """
+    from generator.capture.hooks import Capture
+    from generator.inputs import TokenInputs
+
+    n, t, bs = shape
+    ids = torch.randint(0, vocab, (n, t))
+    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
+    dev = torch.device("cuda")
+    batches = [type(b)(*(x.pin_memory().to(dev, non_blocking=True)
+                         for x in (b.input_ids, b.mask, b.sample_ids)), host=b)
+               for b in inputs.batches()]
+    adapter = architectures.for_config(model.config)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+
+    forward()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    forward()
+    torch.cuda.synchronize()
+    forward_peak = torch.cuda.max_memory_allocated()
+    reducers = suite_reducers(model, n, t)
+    with Capture(model, adapter, reducers, deferred=True) as cap:
+        for b in batches:
+            cap.run(b)
+    for r in reducers:
+        r.arrays()
+        r.reset()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    error = ""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with Capture(model, adapter, reducers, deferred=True) as cap:
+            for b in batches:
+                cap.run(b)
+    except RuntimeError as e:
+        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    return {f"cuda_loop_sync_free_{label}": not error, f"cuda_loop_sync_error_{label}": error,
+            f"cuda_capture_peak_vs_forward_peak_{label}": torch.cuda.max_memory_allocated()
+            / forward_peak}
 
 
 def report(res: dict[str, Any], path: Path, quiet: bool = False) -> dict[str, Any]:

@@ -40,3 +40,15 @@ def test_reducers_on_cuda_match_the_cpu(make):
                 assert cpu[k].sum() == gpu[k].sum() and np.abs(cpu[k] - gpu[k]).sum() <= 4
             else:
                 np.testing.assert_allclose(gpu[k], cpu[k], rtol=2e-3, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bench_cuda_loop_checks_report_a_sync_free_loop(dtype):
+    """What `bench --device cuda` records: no host sync inside the capture loop (sync-debug
+    "error" mode raises on any), and a device memory peak measured against the forward's."""
+    from generator.bench import cuda_loop_checks
+
+    model = tiny_gpt2(n_layer=3).to("cuda", dtype)
+    res = cuda_loop_checks(model, "tiny", (8, 24, 4), 256)
+    assert res["cuda_loop_sync_free_tiny"], res["cuda_loop_sync_error_tiny"]
+    assert res["cuda_capture_peak_vs_forward_peak_tiny"] >= 1.0
