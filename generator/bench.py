@@ -419,6 +419,27 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
     res["_tokens_per_s"] = n * t / r["capture_seconds"]
 
 
+def host_overhead_proxy(reps: int) -> dict[str, float]:
+    """Capture vs forward where device work is negligible: what per-site host work costs.
+
+    GPT-2-small's depth (12 blocks, so the same sites and the same reducer updates per batch)
+    at width 64: its kernels take next to no time, so the capture's extra time is Python, torch
+    dispatch and the reservoir's host-side bookkeeping. That is the part that bounds capture on
+    a GPU once the forward is fast; it is measured here because no GPU may be at hand.
+    """
+    from transformers import GPT2Config, GPT2Model
+
+    note("host-overhead proxy: GPT-2 depth at width 64, 4 batches of 8 x 128")
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_layer=12, n_embd=64, n_head=4, n_positions=1024)).eval()
+    n, t, bs = 32, 128, 8
+    ids = torch.randint(0, 50257, (n, t))
+    r = paired_ratio(model, ids, bs, lambda: suite_reducers(model, n, t), reps=reps)
+    extra = r["capture_seconds"] * (1 - r["capture"]) / (n // bs)
+    return {"host_proxy_width64_capture_vs_forward": r["capture"],
+            "host_proxy_width64_capture_extra_ms_per_batch": extra * 1000}
+
+
 def extrapolate(res: dict[str, Any], model: Any) -> None:
     """The paper's sizes on this CPU, EXTRAPOLATED (not measured) from the measured throughput.
 
@@ -458,6 +479,7 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, everies, reps)
     ratios(res, model, "gpt2s_1x1024", (2, 1024, 1), 50257, everies, reps)
     res["capture_tokens_per_s_gpt2s_1x1024"] = res.pop("_tokens_per_s")
+    res.update(host_overhead_proxy(reps))
     from generator.models import ModelSpec, load
 
     note("loading SmolLM2")
