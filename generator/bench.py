@@ -155,7 +155,7 @@ NO_KERNEL = frozenset(f"aten::{n}" for n in (
 operators they call (conversions, copies), which the profiler records as their children."""
 
 
-def _is_kernel(e: Any) -> bool:
+def is_kernel(e: Any) -> bool:
     """A profiler event that would be one device kernel: a leaf among computing operators."""
     if not e.name.startswith("aten::") or e.name in NO_KERNEL:
         return False
@@ -209,7 +209,7 @@ def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> 
             for b in batches:
                 model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
 
-    def count(fn: Any) -> tuple[collections.Counter, collections.Counter]:
+    def count(fn: Any) -> tuple[collections.Counter, collections.Counter, int]:
         calls: collections.Counter = collections.Counter()
         orig = torch.Tensor.numpy, torch.Tensor.cpu
 
@@ -230,19 +230,16 @@ def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> 
         finally:
             torch.Tensor.numpy, torch.Tensor.cpu = orig  # type: ignore[method-assign]
         ops = collections.Counter({e.key: e.count for e in p.key_averages()})
-        ops["_kernels"] = sum(1 for e in p.events() if _is_kernel(e))
-        return ops, calls
+        return ops, calls, sum(1 for e in p.events() if is_kernel(e))
 
     capture_shard(model, adapter, inputs, reducers, "cpu")  # warm-up (and any regrow)
     for r in reducers:
         r.arrays()
         r.reset()
-    fwd, _ = count(forward)
-    cap, cap_calls = count(loop)
-    shard, shard_calls = count(per_shard)
+    fwd, _, kf = count(forward)
+    cap, cap_calls, kc = count(loop)
+    shard, shard_calls, _ = count(per_shard)
     nb = len(batches)
-    kf, kc = fwd.pop("_kernels"), cap.pop("_kernels")
-    shard.pop("_kernels")
     return {"ops_forward": sum(fwd.values()) / nb, "ops_capture_extra": (sum(cap.values())
             - sum(fwd.values())) / nb,
             "kernel_ops_forward": kf / nb, "kernel_ops_capture_extra": (kc - kf) / nb,
@@ -559,9 +556,7 @@ def cuda_loop_checks(model: Any, label: str, shape: tuple[int, int, int],
     ids = torch.randint(0, vocab, (n, t))
     inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
     dev = torch.device("cuda")
-    batches = [type(b)(*(x.pin_memory().to(dev, non_blocking=True)
-                         for x in (b.input_ids, b.mask, b.sample_ids)), host=b)
-               for b in inputs.batches()]
+    batches = [b.on(dev) for b in inputs.batches()]
     adapter = architectures.for_config(model.config)
 
     def forward() -> None:

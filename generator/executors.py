@@ -66,10 +66,7 @@ def capture_shard(model: Any, adapter: Any, inputs: TokenInputs, reducers: list[
         n = 0
         with Capture(model, adapter, reducers, deferred=True) as cap:
             for b in inputs.batches(start, stop):
-                if dev.type != "cpu":  # asynchronous copies; the host keeps its own copy
-                    b = type(b)(*(t.pin_memory().to(dev, non_blocking=True)
-                                  for t in (b.input_ids, b.mask, b.sample_ids)), host=b)
-                cap.run(b)
+                cap.run(b.on(dev))  # asynchronous copies; the host keeps its own copy
                 n += 1
                 if bar is not None:
                     bar.update(1)

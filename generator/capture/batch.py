@@ -32,6 +32,12 @@ def token_hash_np(sample: np.ndarray, pos: np.ndarray, salt: np.ndarray | int) -
         return ((x ^ (x >> np.uint64(31))) & _M62).astype(np.int64)
 
 
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on `device`: asynchronous, from pinned memory, no host wait."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class Batch:
     """Token ids (B, T), a validity mask (padding is False) and each row's global sample index.
@@ -48,6 +54,13 @@ class Batch:
     @property
     def device(self) -> torch.device:
         return self.input_ids.device
+
+    def on(self, device: torch.device) -> Batch:
+        """The same batch on `device` (asynchronous copies), keeping this one as its host copy."""
+        if device.type == "cpu":
+            return self
+        return Batch(*(to_device(t.numpy(), device) for t in (self.input_ids, self.mask,
+                                                             self.sample_ids)), host=self)
 
     @cached_property
     def _cpu(self) -> Batch:
@@ -72,10 +85,7 @@ class Batch:
 
     def to_device(self, a: np.ndarray) -> torch.Tensor:
         """A host array as a tensor on the capture device (asynchronous from pinned memory)."""
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        if self.device.type == "cpu":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        return to_device(a, self.device)
 
     @cached_property
     def flat_index(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from generator.capture.batch import State
+from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
 from generator.reducers.base import Reducer, _np, chan_merge
 
@@ -97,13 +97,14 @@ class Covariance(Reducer):
             k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
                  if self._stratified and n_cand > m else 0)
             seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "n_cand": n_cand,
-                               "norms": [], "hidx": [], "counts": [], "pooled": 0, "done": 0}
+                               "norms": [], "meds": [], "hidx": [], "counts": [], "pooled": 0,
+                               "done": 0}
         k = seg["k"]
         if self._per_row:
             seg["norms"].append(state.norms2d)
         if k:
-            v = state.norms2d[:, mp:]
-            med = v.median() if b.full else torch.where(b.mask[:, mp:], v, torch.nan).nanmedian()
+            med = _median_norms(b, state.norms2d.unsqueeze(0), mp)[0]
+            seg["meds"].append(med)
             heavy = b.outside_sample(every, mp) & (state.norms2d >= self.keep_above * med)
             if self.drop_above > 0:
                 heavy &= state.norms2d <= self.drop_above * med
@@ -156,7 +157,7 @@ class Covariance(Reducer):
             if not self._per_row:
                 wdst.fill_(float(self.every))
                 return
-            b, mp, m = seg["batch"], self.min_position, seg["m"]
+            m = seg["m"]
             norms = torch.stack(seg["norms"])  # (S, B, T)
             s, bt = norms.shape[0], norms[0].numel()
             tok = seg["idx"].expand(s, m)
@@ -166,12 +167,8 @@ class Covariance(Reducer):
             rn = norms.view(-1).index_select(0, (tok + base).reshape(-1))  # (S * (m + k))
             w = torch.full((s, m), float(self.every), device=norms.device)
             if self._stratified or self.drop_above > 0:
-                v = norms[:, :, mp:].reshape(s, -1)
-                if b.full:
-                    med = v.median(1).values
-                else:
-                    med = torch.where(b.mask[:, mp:].reshape(1, -1), v, torch.nan).nanmedian(1).values
-                med = med.unsqueeze(1)
+                med = (torch.stack(seg["meds"]) if seg["k"]  # computed with the heavy rows
+                       else _median_norms(seg["batch"], norms, self.min_position)).unsqueeze(1)
                 rs = rn.view(s, -1)[:, :m]
                 if self._stratified:
                     w = torch.where(rs >= self.keep_above * med, 1.0, w)
@@ -343,3 +340,15 @@ class Covariance(Reducer):
     def covariance(self) -> np.ndarray:
         st = self.arrays()
         return st["m2"] / max(float(st["n"]) - 1.0, 1.0)
+
+
+def _median_norms(b: Batch, norms: torch.Tensor, min_position: int) -> torch.Tensor:
+    """(S,) median token norm per site of (S, B, T) `norms`, from `min_position` on, padding out.
+
+    The lower median, as `torch.median` gives it, so one site alone or many at once agree.
+    """
+    v = norms[:, :, min_position:].reshape(len(norms), -1)
+    if b.full:
+        return v.median(1).values
+    mask = b.mask[:, min_position:].reshape(1, -1)
+    return torch.where(mask, v, torch.nan).nanmedian(1).values

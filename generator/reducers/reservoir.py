@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from generator.capture.batch import Batch, State, token_hash_np
+from generator.capture.batch import Batch, State, to_device, token_hash_np
 from generator.capture.sites import Site
 from generator.reducers.base import Reducer
 
@@ -230,5 +230,4 @@ class Reservoir(Reducer):
 
 
 def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a, np.int64))
-    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+    return to_device(np.asarray(a, np.int64), device)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from generator.bench import _is_kernel
+from generator.bench import is_kernel
 from generator.capture.batch import Batch, State
 from generator.capture.sites import all_sites
 from generator.reducers.covariance import Covariance
@@ -37,7 +37,7 @@ def _kernels(make, n_sites: int) -> int:
                 r.update(st)
             r.end_batch()
         if not warm:
-            return sum(1 for e in p.events() if _is_kernel(e))
+            return sum(1 for e in p.events() if is_kernel(e))
     raise AssertionError
 
 
