@@ -78,11 +78,13 @@ class Covariance(Reducer):
         batch at once, in `_finalize`, before the pool's product: a dozen operators per batch
         instead of a dozen per site (on a GPU each is a kernel launch).
 
-        The hashed sample's indices come from the host. Heavy tokens (stratified) outside it are
-        compacted on the device into a fixed number of rows (`nonzero_static`, padding weighs
-        0): they need the site's median now, so that part stays per site. `regrow` reports,
-        once per shard, whether that number was too small. Dropped tokens (`drop_above`) stay in
-        place with weight 0: the same sums as leaving them out.
+        The hashed sample's indices come from the host. Heavy tokens (stratified) outside it
+        take a fixed number k of rows: the site's k largest norms outside the sample (`topk`,
+        no median needed yet); `_finalize` weighs each 1 if it is heavy (>= `keep_above` x the
+        median, and not above `drop_above` x it) and 0 otherwise. Every heavy token is among
+        them unless more than k tokens are above `keep_above` x the median; `regrow` reports,
+        once per shard, whether that happened. Dropped tokens (`drop_above`) stay in place with
+        weight 0: the same sums as leaving them out.
         """
         b, mp, every = state.batch, self.min_position, self.every
         n_cand = b.count(1, mp)
@@ -97,22 +99,15 @@ class Covariance(Reducer):
             k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
                  if self._stratified and n_cand > m else 0)
             seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "n_cand": n_cand,
-                               "norms": [], "meds": [], "hidx": [], "counts": [], "pooled": 0,
-                               "done": 0}
+                               "norms": [], "hvals": [], "hidx": [], "pooled": 0, "done": 0}
         k = seg["k"]
         if self._per_row:
             seg["norms"].append(state.norms2d)
-        if k:
-            med = _median_norms(b, state.norms2d.unsqueeze(0), mp)[0]
-            seg["meds"].append(med)
-            heavy = b.outside_sample(every, mp) & (state.norms2d >= self.keep_above * med)
-            if self.drop_above > 0:
-                heavy &= state.norms2d <= self.drop_above * med
-            flat = heavy.reshape(-1)
-            hidx = torch.nonzero_static(flat, size=k, fill_value=0).squeeze(1)
-            count = flat.sum()
+        if k:  # the k largest norms outside the sample (-1: not a candidate, never heavy)
+            cand = torch.where(b.outside_sample(every, mp), state.norms2d, -1.0)
+            hvals, hidx = torch.topk(cand.reshape(-1), k)
+            seg["hvals"].append(hvals)
             seg["hidx"].append(hidx)
-            seg["counts"].append(count)
             idx = torch.cat([idx, hidx])
         src = state.h.reshape(-1, state.h.shape[-1])
         if self._buf is None:
@@ -167,19 +162,31 @@ class Covariance(Reducer):
             rn = norms.view(-1).index_select(0, (tok + base).reshape(-1))  # (S * (m + k))
             w = torch.full((s, m), float(self.every), device=norms.device)
             if self._stratified or self.drop_above > 0:
-                med = (torch.stack(seg["meds"]) if seg["k"]  # computed with the heavy rows
-                       else _median_norms(seg["batch"], norms, self.min_position)).unsqueeze(1)
+                med = self._medians(seg, norms).unsqueeze(1)
                 rs = rn.view(s, -1)[:, :m]
                 if self._stratified:
                     w = torch.where(rs >= self.keep_above * med, 1.0, w)
                 if self.drop_above > 0:
                     w = torch.where(rs <= self.drop_above * med, w, 0.0)
-            if seg["k"]:  # heavy rows past a site's count are padding: weight 0
-                hw = torch.arange(seg["k"], device=w.device) < torch.stack(seg["counts"])[:, None]
-                w = torch.cat([w, hw.float()], 1)
+            if seg["k"]:  # a site's k largest outside the sample: 1 if heavy, else 0
+                w = torch.cat([w, self._heavy(torch.stack(seg["hvals"]), med).float()], 1)
             wdst.copy_(w.reshape(-1)[g0:g1])
             if self.unit:
                 self._buf[p0:p1].div_(rn[g0:g1].clamp_min(1e-12).unsqueeze(1))  # type: ignore[index]
+
+    def _medians(self, seg: dict, norms: torch.Tensor) -> torch.Tensor:
+        """(S,) median norm of each site of the batch so far (kept for the next call's sites)."""
+        if seg.get("med_sites") != len(norms):
+            seg["med"] = _median_norms(seg["batch"], norms, self.min_position)
+            seg["med_sites"] = len(norms)
+        return seg["med"]
+
+    def _heavy(self, norms: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
+        """Heavy: at least `keep_above` x the site's median norm, and not dropped."""
+        heavy = norms >= self.keep_above * med
+        if self.drop_above > 0:
+            heavy &= norms <= self.drop_above * med
+        return heavy
 
     def regrow(self) -> bool:
         """Whether a batch had more heavy tokens than rows reserved (once per shard: one sync).
@@ -212,13 +219,22 @@ class Covariance(Reducer):
         self._product()
 
     def _end_rows(self) -> None:
-        """Finalize the batch's pooled rows and note its largest heavy count (for `regrow`)."""
+        """Finalize the batch's pooled rows and note the rows its heavy tokens needed (`regrow`).
+
+        A site's k rows hold every heavy token if at most k of its tokens outside the sample
+        reach `keep_above` x its median (dropped ones, above `drop_above` x it, take rows too).
+        """
         seg = self._seg
         if seg is None:
             return
         self._finalize()
-        if seg["counts"]:
-            top = torch.stack(seg["counts"]).max()
+        if seg["hidx"]:
+            norms = torch.stack(seg["norms"])
+            med = self._medians(seg, norms)[:, None, None]
+            b = seg["batch"]
+            above = (norms >= self.keep_above * med) & b.outside_sample(self.every,
+                                                                         self.min_position)
+            top = above.sum((1, 2)).max()
             self._heavy_counts.append((top - seg["k"], top / seg["n_cand"]))
         self._seg = None
 

@@ -124,13 +124,20 @@ def test_the_deferred_residual_check_fails_the_shard_naming_the_block():
         cap.verify()  # clean again
 
 
-def test_heavy_rows_that_overflow_their_reservation_rerun_the_shard_exactly(monkeypatch):
+@pytest.mark.parametrize("drop_above", [0.0, 1.2])
+def test_heavy_rows_that_overflow_their_reservation_rerun_the_shard_exactly(monkeypatch,
+                                                                            drop_above):
+    """Too few rows reserved for heavy tokens: the shard runs again with more, same numbers.
+
+    With `drop_above`, tokens above it take reserved rows too (at weight 0): they must not
+    crowd a heavy token out unnoticed."""
     model = tiny_llama(n_layer=2)
     adapter = adapters.for_config(model.config)
     mid = [s for s in all_sites(2) if s.point in ("attn", "mlp")]
 
     def cov():
-        return Covariance(mid, 32, every=4, min_position=1, keep_above=1.1)
+        return Covariance(mid, 32, every=4, min_position=1, keep_above=1.1,
+                          drop_above=drop_above)
 
     ref = cov()
     monkeypatch.setattr(Covariance, "HEAVY_FRACTION", 1.0)

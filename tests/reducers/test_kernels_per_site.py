@@ -45,9 +45,10 @@ def _kernels(make, n_sites: int) -> int:
     (lambda s: Covariance(s, D, unit=True, every=4, min_position=1, drop_above=4.0), 1),
     (lambda s: Covariance(s, D, every=1), 1),
     (lambda s: Reservoir(s, D, k=40, seed=3), 1),  # k small: rows are taken in every batch
-    # heavy tokens outside the sample are picked while the site's rows exist (its median, a
-    # mask, a fixed-size compaction): 17 kernels per site, 37 before the batched weights
-    (lambda s: Covariance(s, D, every=4, min_position=1, keep_above=1.5, drop_above=4.0), 17),
+    # heavy tokens outside the sample are picked while the site's rows exist: its k largest
+    # norms there (a mask, `topk`, the index cat): 4 kernels per site (17 with a per-site
+    # median and compaction, 37 before the batched weights)
+    (lambda s: Covariance(s, D, every=4, min_position=1, keep_above=1.5, drop_above=4.0), 4),
 ], ids=["cov_unit_drop", "cov_exact", "reservoir", "cov_stratified"])
 def test_device_operators_per_site(make, per_site):
     few, many = _kernels(make, 4), _kernels(make, 16)

@@ -104,31 +104,37 @@ def test_statistics_match_numpy_on_materialized_states(setup):
         assert counts[0, 0, p] == (idx[:, 1] == p).sum()
 
 
-def test_stratified_covariance_is_the_weighted_estimate(setup, monkeypatch):
+@pytest.mark.parametrize("drop_above", [0.0, 1.8])
+def test_stratified_covariance_is_the_weighted_estimate(setup, monkeypatch, drop_above):
     """Heavy tokens (>= keep_above x the site's median norm in the batch) weigh 1, hashed ones
-    `every`; a 64-row pool overflows mid-batch, so chunked products are exercised too."""
+    `every`; with `drop_above`, tokens above it x the median weigh 0, hashed or not. A 64-row
+    pool overflows mid-batch, so chunked products are exercised too."""
     monkeypatch.setattr(Covariance, "POOL_BYTES", 64 * 4 * 32)
+    monkeypatch.setattr(Covariance, "HEAVY_FRACTION", 1.0)  # room for every heavy token
     model, batches = setup
     sites = [s for s in all_sites(2) if s.point in ("attn", "mlp")]
     keeps = [Keep(s) for s in sites]
-    cov = Covariance(sites, 32, every=2, min_position=1, keep_above=1.5)
+    cov = Covariance(sites, 32, every=2, min_position=1, keep_above=1.5, drop_above=drop_above)
     assert cov.capacity == 64
     _run([*keeps, cov], batches, model)
-    rows, weights, n_heavy = [], [], 0
+    rows, weights, n_heavy, n_dropped = [], [], 0, 0
     for k in keeps:
         for x, idx in zip(k.rows, k.idx, strict=True):  # one batch of one site
             valid = idx[:, 1] >= 1
             norms = np.linalg.norm(x, axis=1)
             median = np.sort(norms[valid])[(valid.sum() - 1) // 2]  # torch: the lower median
-            heavy = valid & (norms >= 1.5 * median)
-            hashed = valid & (token_hash(torch.as_tensor(idx[:, 0]), torch.as_tensor(idx[:, 1]),
-                                         0).numpy() % 2 == 0)
+            kept = valid & (norms <= drop_above * median) if drop_above else valid
+            heavy = kept & (norms >= 1.5 * median)
+            hashed = kept & (token_hash(torch.as_tensor(idx[:, 0]), torch.as_tensor(idx[:, 1]),
+                                        0).numpy() % 2 == 0)
             sel = heavy | hashed
             rows.append(x[sel])
             weights.append(np.where(heavy[sel], 1.0, 2.0))
             n_heavy += heavy.sum()
+            n_dropped += (valid & ~kept).sum()
     x, w = np.concatenate(rows), np.concatenate(weights)
     assert 0 < n_heavy < len(x) and len(x) > 2 * cov.capacity
+    assert (n_dropped > 0) == (drop_above > 0)
     mean = (w[:, None] * x).sum(0) / w.sum()
     c = x - mean
     m2 = (c * w[:, None]).T @ c
