@@ -22,6 +22,7 @@ import torch
 from generator import architectures
 from generator.capture.batch import Batch
 from generator.experiment import Context, registry
+from generator.reducers.states import share_identical
 from generator.suite import CaptureOptions
 
 
@@ -58,12 +59,9 @@ def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 8,
                   {"text": n_samples, "repeat": 1, "singular": 1}, None, model, adapter,
                   options or CaptureOptions(cov_every=cov_every),
                   input_labels={"repeat": ["x"]}, valid_tokens={"text": n_samples * seq_len})
-    out = []
-    for exp in registry().values():
-        p = exp.params()
-        if exp.skip(ctx, p) is None:
-            out += list(exp.needs(ctx, p).get("text", {}).values())
-    return out
+    needs = [exp.needs(ctx, p) for exp in registry().values()
+             if exp.skip(ctx, p := exp.params()) is None]
+    return share_identical(needs).get("text", [])  # as a run: one reducer per statistic
 
 
 class SeedStyle:

@@ -301,6 +301,7 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
                progress: bool = True, load_seconds: float = 0.0, executor: Any = None) -> int:
     """Capture and compute the given experiments for an already-loaded model; returns forwards."""
     from generator.executors import Local
+    from generator.reducers.states import share_identical
 
     model, name = loaded.model, loaded.spec.name
     exps = {e: registry()[e] for e in params}
@@ -326,11 +327,11 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
             wanted[e] = exp.needs(ctx, params[e])
         except MemoryError as exc:
             raise memory.out_of_memory(name, f"the set-up of {e}'s statistics", exc) from exc
-    check_working_set(suite, loaded, wanted)
+    sinks_of = share_identical(wanted.values())
+    check_working_set(suite, loaded, sinks_of)
     forwards = 0
     timings: dict[str, float] = {}
-    for mode in sorted({m for need in wanted.values() for m in need}):
-        sinks = [r for need in wanted.values() for r in need.get(mode, {}).values()]
+    for mode, sinks in sorted(sinks_of.items()):
         t0 = time.perf_counter()
         forwards += executor.capture(token_inputs[mode], sinks, f"{name} {mode}")
         timings[mode] = time.perf_counter() - t0
@@ -360,7 +361,7 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
 
 
 def check_working_set(suite: Suite, loaded: models.LoadedModel,
-                      wanted: dict[str, dict[str, dict[str, Any]]]) -> None:
+                      sinks: dict[str, list[Any]]) -> None:
     """Refuse, before the first forward, a run whose statistics and activations cannot fit.
 
     The weights were checked at load; what grows with `seq_len` and `batch_size` is the
@@ -369,7 +370,7 @@ def check_working_set(suite: Suite, loaded: models.LoadedModel,
     """
     model = loaded.model
     param = next(model.parameters())
-    state = sum(a.nbytes for need in wanted.values() for rs in need.values() for r in rs.values()
+    state = sum(a.nbytes for rs in sinks.values() for r in rs
                 for a in getattr(r, "_state", {}).values())
     i = suite.inputs
     shapes = [(i.batch_size, i.seq_len), (i.batch_size, i.repeat.seq_len),

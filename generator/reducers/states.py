@@ -10,6 +10,7 @@ import importlib
 import io
 import json
 import pkgutil
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,27 @@ def from_config(config: dict[str, Any]) -> Reducer:
     cls = kinds()[params.pop("kind")]
     sites = [Site(int(d), str(p), int(b)) for d, p, b in params.pop("sites")]
     return cls(sites, **params)
+
+
+def share_identical(needs: Iterable[dict[str, dict[str, Reducer]]]) -> dict[str, list[Reducer]]:
+    """Point every request for the same statistic at one reducer; the distinct ones per mode.
+
+    `needs`: per experiment, mode -> name -> reducer. Experiments often ask the same thing (the
+    mean final residual by position, say); reducers equal in kind, sites and parameters would
+    do the same work at every site of every batch. They are only read after the capture, so
+    one object serves all who asked. Returns mode -> its distinct reducers in first-asked
+    order: the sinks of that mode's capture.
+    """
+    shared: dict[tuple[str, str], Reducer] = {}
+    for need in needs:
+        for mode, named in need.items():
+            for name, r in named.items():
+                key = (mode, json.dumps(r.config(), sort_keys=True))
+                named[name] = shared.setdefault(key, r)
+    sinks: dict[str, list[Reducer]] = {}
+    for (mode, _), r in shared.items():
+        sinks.setdefault(mode, []).append(r)
+    return sinks
 
 
 def dump_states(reducers: list[Reducer]) -> bytes:
