@@ -51,17 +51,21 @@ def note(text: str) -> None:
 
 
 def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 8,
-                   options: CaptureOptions | None = None) -> list:
-    """The text-mode reducers every default-suite experiment asks for."""
+                   options: CaptureOptions | None = None, mode: str = "text") -> list:
+    """The reducers every default-suite experiment asks for in `mode`.
+
+    `n_samples` samples of `seq_len` tokens (`singular`: one token per sample, a vocabulary).
+    """
     adapter = architectures.for_config(model.config)
-    ctx = Context("bench", adapter.n_blocks(model), int(model.config.hidden_size), 42,
-                  {"text": seq_len, "repeat": 8, "singular": 1},
-                  {"text": n_samples, "repeat": 1, "singular": 1}, None, model, adapter,
-                  options or CaptureOptions(cov_every=cov_every),
-                  input_labels={"repeat": ["x"]}, valid_tokens={"text": n_samples * seq_len})
+    seq = {"text": seq_len, "repeat": 8, "singular": 1}
+    count = {"text": 1, "repeat": 1, "singular": 1, mode: n_samples}
+    ctx = Context("bench", adapter.n_blocks(model), int(model.config.hidden_size), 42, seq, count,
+                  None, model, adapter, options or CaptureOptions(cov_every=cov_every),
+                  input_labels={"repeat": ["x"]},
+                  valid_tokens={m: count[m] * seq[m] for m in seq})
     needs = [exp.needs(ctx, p) for exp in registry().values()
              if exp.skip(ctx, p := exp.params()) is None]
-    return share_identical(needs).get("text", [])  # as a run: one reducer per statistic
+    return share_identical(needs).get(mode, [])  # as a run: one reducer per statistic
 
 
 class SeedStyle:
@@ -435,22 +439,65 @@ def host_overhead_proxy(reps: int) -> dict[str, float]:
             "host_proxy_width64_capture_extra_ms_per_batch": extra * 1000}
 
 
+def llama7b_config() -> Any:
+    """LLaMA-7B's shape (Touvron et al. 2023): 32 blocks of width 4096, MLP 11008, 32k vocab."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                       max_position_embeddings=4096)
+
+
+PAPER_SIZES = {  # label: (model shape, mode, samples, tokens per sample, batch, bytes per weight)
+    "gpt2_128x1024": ("gpt2", "text", 128, 1024, 8, 4),
+    "llama7b_64x2048_bf16": ("llama7b", "text", 64, 2048, 8, 2),
+    "singular_32k_gpt2": ("gpt2", "singular", 32_000, 1, 2048, 4),
+    "singular_150k_gpt2": ("gpt2", "singular", 150_000, 1, 2048, 4),
+}
+"""The paper's sizes: GPT-2 on 128 x 1024 PG-19 tokens, LLaMA-7B on 64 x 2048, and the whole
+vocabulary one token at a time (GPT-2's 50k lies between a 32k and a 150k vocabulary)."""
+
+
+def paper_memory(config: Any, mode: str, n_samples: int, seq_len: int, batch: int,
+                 element_size: int) -> dict[str, float]:
+    """GB a run at this size holds: weights, the suite's statistics, one forward's activations.
+
+    The statistics are the default suite's reducers for this model and shape, built on a
+    weightless (meta-device) model, counted as the runner's pre-flight check counts them: twice
+    their float64 totals (the totals plus one shard's sums). Their arrays are never touched, so
+    building them costs no memory. The forward is `memory.forward_bytes` at the suite's batch.
+    """
+    from transformers import AutoModel
+
+    from generator import memory
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    state = sum(r.nbytes() for r in suite_reducers(model, n_samples, seq_len, mode=mode))
+    out = {"weights_gb": params * element_size / 1e9, "statistics_gb": 2 * state / 1e9,
+           "forward_gb": memory.forward_bytes(config, batch, seq_len, element_size) / 1e9}
+    out["total_gb"] = sum(out.values())
+    return out
+
+
 def extrapolate(res: dict[str, Any], model: Any) -> None:
     """The paper's sizes on this CPU, EXTRAPOLATED (not measured) from the measured throughput.
 
     Capture time scales with tokens x parameters (forward FLOPs) over the measured tokens/s of
-    capture at the GPT-2-small shape (1 x 1024 rows); memory is the weights plus the suite's
-    reducer states for that shape (their arrays, counted from configs, not allocated in full).
+    capture at the GPT-2-small shape (1 x 1024 rows); memory is `paper_memory`: the weights,
+    the suite's statistics for that model and shape (counted from their arrays, not allocated)
+    and one forward's activations.
     """
     gpt2_params = sum(p.numel() for p in model.parameters())
     tok_s = res["capture_tokens_per_s_gpt2s_1x1024"]
-    sizes = {"gpt2_128x1024": (128 * 1024, gpt2_params, 4),
-             "llama7b_64x2048_bf16": (64 * 2048, 6.7e9, 2),
-             "singular_32k_gpt2": (32_000, gpt2_params, 4),
-             "singular_150k_gpt2": (150_000, gpt2_params, 4)}
-    for label, (tokens, params, bytes_per) in sizes.items():
-        res[f"extrapolated_{label}_hours"] = tokens / tok_s * params / gpt2_params / 3600
-        res[f"extrapolated_{label}_weights_gb"] = params * bytes_per / 1e9
+    configs = {"gpt2": model.config, "llama7b": llama7b_config()}
+    for label, (shape, mode, n, t, batch, bytes_per) in PAPER_SIZES.items():
+        mem = paper_memory(configs[shape], mode, n, t, batch, bytes_per)
+        params = mem["weights_gb"] * 1e9 / bytes_per
+        res[f"extrapolated_{label}_hours"] = n * t / tok_s * params / gpt2_params / 3600
+        for k, v in mem.items():
+            res[f"extrapolated_{label}_{k}"] = v
     x = [res["umap_points_small"], res["umap_points"]]
     y = [res["umap_seconds_small"], res["umap_seconds"]]
     slope = np.log(y[1] / y[0]) / np.log(x[1] / x[0])

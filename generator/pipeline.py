@@ -370,8 +370,7 @@ def check_working_set(suite: Suite, loaded: models.LoadedModel,
     """
     model = loaded.model
     param = next(model.parameters())
-    state = sum(a.nbytes for rs in sinks.values() for r in rs
-                for a in getattr(r, "_state", {}).values())
+    state = sum(r.nbytes() for rs in sinks.values() for r in rs)
     i = suite.inputs
     shapes = [(i.batch_size, i.seq_len), (i.batch_size, i.repeat.seq_len),
               (i.singular.batch_size, 2)]

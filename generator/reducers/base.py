@@ -71,6 +71,10 @@ class Reducer:
     def wants(self, site: Site) -> bool:
         return (site.point, site.block) in self.index
 
+    def nbytes(self) -> int:
+        """Bytes of the full-size state (its totals), whether or not they are allocated yet."""
+        return sum(a.nbytes for a in self._state.values())
+
     def update(self, state: State) -> None:
         raise NotImplementedError
 

@@ -59,6 +59,10 @@ class Reservoir(Reducer):
         self._batch: Batch | None = None
         self._cand: dict[str, Any] = {}
 
+    def nbytes(self) -> int:
+        """The state once full (it starts empty): k float32 rows and their labels."""
+        return self.k * (4 * self.d_model + 8 * len(self.LABELS))
+
     def update(self, state: State) -> None:
         """Gather this site's candidates into the batch's row buffer: one row gather, no sync.
 
