@@ -34,3 +34,32 @@ def test_paper_memory_counts_what_a_real_capture_holds():
     weights = sum(p.numel() for p in model.parameters()) * 4
     assert round(mem["weights_gb"] * 1e9) == weights
     assert mem["total_gb"] > mem["weights_gb"] + mem["statistics_gb"]
+
+
+def test_cuml_umap_is_timed_where_installed(monkeypatch):
+    """With cuML importable its UMAP is timed at the asked size (after a small warm-up);
+    without it the result says the 100k figure is umap-learn's, extrapolated."""
+    import sys
+    import types
+
+    from generator.bench import cuml_umap_timing
+
+    monkeypatch.setitem(sys.modules, "cuml.manifold", None)  # import fails: not installed
+    assert "not installed" in cuml_umap_timing(points=10)["umap_gpu"]
+    fitted = []
+
+    class FakeUMAP:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def fit_transform(self, x):
+            fitted.append((x.shape, self.kw["metric"]))
+            return x[:, :2]
+
+    fake = types.ModuleType("cuml.manifold")
+    fake.UMAP = FakeUMAP
+    monkeypatch.setitem(sys.modules, "cuml", types.ModuleType("cuml"))
+    monkeypatch.setitem(sys.modules, "cuml.manifold", fake)
+    res = cuml_umap_timing(points=3000, d=8)
+    assert res["umap_gpu"] == "cuML" and res["umap_cuml_points"] == 3000
+    assert fitted == [((1000, 8), "cosine"), ((3000, 8), "cosine")]
