@@ -23,15 +23,33 @@ before = rss()
 small = release_free_heap(keep=1 << 40)  # below the limit: nothing is done
 untouched = rss()
 free = release_free_heap(keep=64 << 20)
-print(json.dumps({"before": before, "untouched": untouched, "after": rss(),
-                  "free_mb": free >> 20, "small": small >> 20, "kept": len(keep)}))
+after = rss()
+# a steady run: the next shard reuses a little of the free heap and frees it again
+again = [np.ones(2 << 20) for _ in range(2)]  # 32 MB, less than `grown`
+del again
+steady_before = rss()
+release_free_heap(keep=64 << 20)
+steady_after = rss()
+# creep: more of the free heap comes back into use and stays free, resident
+again = [np.ones(2 << 20) for _ in range(16)]  # 256 MB
+del again
+crept = rss()
+release_free_heap(keep=64 << 20)
+print(json.dumps({"before": before, "untouched": untouched, "after": after,
+                  "free_mb": free >> 20, "small": small >> 20, "kept": len(keep),
+                  "steady_before": steady_before, "steady_after": steady_after,
+                  "crept": crept, "trimmed_again": rss()}))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
-def test_free_heap_in_the_middle_is_released_only_above_the_limit():
+def test_free_heap_in_the_middle_is_released_only_above_the_limit_and_after_growth():
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True)
     r = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert r["free_mb"] >= 400  # 32 freed blocks of 16 MB sit in the heap
     assert r["untouched"] >= r["before"] - 16  # under the limit: kept for reuse
     assert r["after"] <= r["before"] - 300  # handed back although not at the heap's top
+    assert r["steady_before"] >= r["after"] + 24  # the reused free heap is resident again
+    assert r["steady_after"] >= r["steady_before"] - 8  # grew less than `grown`: kept
+    assert r["crept"] >= r["after"] + 200
+    assert r["trimmed_again"] <= r["crept"] - 150  # grew more: handed back again
