@@ -63,3 +63,37 @@ def test_capture_on_short_text_checks_every_block(smollm2):
     mids = middle_blocks(30)
     pos = np.array([ns.mean_pos()[ns.index[("resid_mlp", b)]] for b in mids])
     assert np.median(pos[:, 0] / np.median(pos[:, 1:], axis=1)) > 20
+
+
+@pytest.mark.parametrize("fraction,grows", [(None, False), (1 / 64, True)])
+def test_the_default_heavy_row_reserve_holds_the_real_models_heavy_tokens(smollm2, monkeypatch,
+                                                                         fraction, grows):
+    """On the suite's own text, SmolLM2's attention and MLP outputs need about 1.9% of their
+    tokens as heavy rows of the stratified covariance: the default reserve holds them, so no
+    shard of a run is captured twice (the former 1/64 did not, and every run repeated its first
+    shard)."""
+    from pathlib import Path
+
+    from generator.bench import suite_reducers
+    from generator.executors import capture_shard
+    from generator.inputs import build_inputs
+    from generator.reducers.covariance import Covariance
+    from generator.suite import load_suite
+
+    if fraction is not None:
+        monkeypatch.setattr(Covariance, "HEAVY_FRACTION", fraction)
+    suite = load_suite(Path(__file__).parents[1] / "suite.toml")
+    model = smollm2.model
+    text = build_inputs("text", smollm2.tokenizer, suite.inputs, 8192, 49152)
+    strat = [r for r in suite_reducers(model, text.n_samples, suite.inputs.seq_len)
+             if isinstance(r, Covariance) and r._stratified]
+    grown = []
+    orig = Covariance.regrow
+
+    def spy(self):
+        grown.append(orig(self))
+        return grown[-1]
+
+    monkeypatch.setattr(Covariance, "regrow", spy)
+    capture_shard(model, architectures.for_config(model.config), text, strat, "cpu", 0, 32)
+    assert len(strat) == 1 and grown[0] is grows
