@@ -242,3 +242,18 @@ def only_experiments(path: Path, keep: tuple[str, ...]) -> Path:
             text += f"\n{header}enabled = false\n"
     path.write_text(text)
     return path
+
+
+def spy_regrow(monkeypatch) -> list[bool]:
+    """Record every `Covariance.regrow` answer (True: a shard was run again with more rows)."""
+    from generator.reducers.covariance import Covariance
+
+    grown: list[bool] = []
+    orig = Covariance.regrow
+
+    def spy(self):
+        grown.append(orig(self))
+        return grown[-1]
+
+    monkeypatch.setattr(Covariance, "regrow", spy)
+    return grown

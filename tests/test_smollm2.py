@@ -74,6 +74,8 @@ def test_the_default_heavy_row_reserve_holds_the_real_models_heavy_tokens(smollm
     shard)."""
     from pathlib import Path
 
+    from helpers import spy_regrow
+
     from generator.bench import suite_reducers
     from generator.executors import capture_shard
     from generator.inputs import build_inputs
@@ -87,13 +89,6 @@ def test_the_default_heavy_row_reserve_holds_the_real_models_heavy_tokens(smollm
     text = build_inputs("text", smollm2.tokenizer, suite.inputs, 8192, 49152)
     strat = [r for r in suite_reducers(model, text.n_samples, suite.inputs.seq_len)
              if isinstance(r, Covariance) and r._stratified]
-    grown = []
-    orig = Covariance.regrow
-
-    def spy(self):
-        grown.append(orig(self))
-        return grown[-1]
-
-    monkeypatch.setattr(Covariance, "regrow", spy)
+    grown = spy_regrow(monkeypatch)
     capture_shard(model, architectures.for_config(model.config), text, strat, "cpu", 0, 32)
     assert len(strat) == 1 and grown[0] is grows

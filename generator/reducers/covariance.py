@@ -157,7 +157,7 @@ class Covariance(Reducer):
                 wdst.fill_(float(self.every))
                 return
             m = seg["m"]
-            norms = torch.stack(seg["norms"])  # (S, B, T)
+            norms = self._stacked(seg)  # (S, B, T)
             s, bt = norms.shape[0], norms[0].numel()
             tok = seg["idx"].expand(s, m)
             if seg["k"]:
@@ -177,6 +177,13 @@ class Covariance(Reducer):
             wdst.copy_(w.reshape(-1)[g0:g1])
             if self.unit:
                 self._buf[p0:p1].div_(rn[g0:g1].clamp_min(1e-12).unsqueeze(1))  # type: ignore[index]
+
+    @staticmethod
+    def _stacked(seg: dict) -> torch.Tensor:
+        """(S, B, T) norms of the batch's sites so far, stacked once per new site count."""
+        if seg.get("stacked_sites") != len(seg["norms"]):
+            seg["stacked"], seg["stacked_sites"] = torch.stack(seg["norms"]), len(seg["norms"])
+        return seg["stacked"]
 
     def _medians(self, seg: dict, norms: torch.Tensor) -> torch.Tensor:
         """(S,) median norm of each site of the batch so far (kept for the next call's sites)."""
@@ -233,7 +240,7 @@ class Covariance(Reducer):
             return
         self._finalize()
         if seg["hidx"]:
-            norms = torch.stack(seg["norms"])
+            norms = self._stacked(seg)
             med = self._medians(seg, norms)[:, None, None]
             b = seg["batch"]
             above = (norms >= self.keep_above * med) & b.outside_sample(self.every,

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import padded_ids, tiny_gpt2, tiny_llama
+from helpers import padded_ids, spy_regrow, tiny_gpt2, tiny_llama
 from torch.profiler import ProfilerActivity, profile
 
 from generator import architectures as adapters
@@ -145,14 +145,7 @@ def test_heavy_rows_that_overflow_their_reservation_rerun_the_shard_exactly(monk
     capture_shard(model, adapter, _inputs(), [ref], "cpu")
     monkeypatch.setattr(Covariance, "HEAVY_FRACTION", 0.0)
     small = cov()
-    grown = []
-    orig = Covariance.regrow
-
-    def spy(self):
-        grown.append(orig(self))
-        return grown[-1]
-
-    monkeypatch.setattr(Covariance, "regrow", spy)
+    grown = spy_regrow(monkeypatch)
     capture_shard(model, adapter, _inputs(), [small], "cpu")
     assert grown[0] is True and grown[-1] is False  # too small once, then enough
     for k in ("n", "mean", "m2"):
