@@ -361,7 +361,9 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     """Run in a subprocess: the suite's reducers over n_samples x seq_len, print peak RSS.
 
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
-    order), so the memory measured is the memory a real run needs.
+    order), so the memory measured is the memory a real run needs. `by_shard` is the peak so far
+    after each shard's merge, keyed by the samples done: growth with the corpus read within one
+    process, free of the +-150 MB that separate processes differ by.
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
@@ -379,11 +381,13 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
                 model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
         print(json.dumps({"rss_mb": peak_rss_mb()}))
         return
+    by_shard: dict[int, float] = {}
     Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
-          progress=False).capture(inputs, reducers, "rss")
+          progress=False, after_shard=lambda done: by_shard.update({done: peak_rss_mb()})
+          ).capture(inputs, reducers, "rss")
     for r in reducers:
         r.arrays()
-    print(json.dumps({"rss_mb": peak_rss_mb()}))
+    print(json.dumps({"rss_mb": peak_rss_mb(), "by_shard": by_shard}))
 
 
 def peak_rss_mb() -> float:
@@ -401,11 +405,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss(n: int, forward_only: bool = False) -> float:
+def rss(n: int, forward_only: bool = False) -> dict[str, Any]:
+    """`rss_child` in a fresh interpreter: its output (peak MB, and per shard for a capture)."""
     code = f"from generator.bench import rss_child; rss_child({n}, forward_only={forward_only})"
     out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["rss_mb"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def suite_timing() -> dict[str, float]:
@@ -571,24 +576,30 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
 
 
 def peak_rss(pairs: int = 2) -> dict[str, Any]:
-    """Peak RSS of capture and of the forward alone at 32 x 1024 tokens, and of capture at 128.
+    """Peak RSS of capture and of the forward alone at 32 x 1024 tokens, and its growth to 128.
 
     One subprocess per measurement; a single one moves by about +-150 MB between identical
-    runs (the heap's layout, not the states), so the 32-token ones are run in `pairs`
+    runs (the heap's layout, not the states), so the 32-sample ones are run in `pairs`
     interleaved pairs (capture, then forward) and their means are reported with every run.
-    Shards of 16 samples: the float64 totals exist from the second shard on.
+    Growth is read inside the 128-sample run: its peak after the shard that completes 32
+    samples against its peak at the end (same process, same heap). Shards of 16 samples: the
+    float64 totals exist from the first merge on.
     """
     caps, fwds = [], []
     for i in range(pairs):
         note(f"peak RSS, 32 x 1024 tokens, capture and forward alone (subprocesses, pair {i + 1})")
-        caps.append(rss(32))
-        fwds.append(rss(32, forward_only=True))
-    note("peak RSS, 128 x 1024 tokens (subprocess, minutes)")
+        caps.append(rss(32)["rss_mb"])
+        fwds.append(rss(32, forward_only=True)["rss_mb"])
+    note("peak RSS, 128 x 1024 tokens, after every shard (subprocess, minutes)")
+    long = rss(128)
+    series = {int(k): v for k, v in long["by_shard"].items()}
     res: dict[str, Any] = {"rss_mb_32_runs": [round(c) for c in caps],
                            "rss_mb_forward_only_32_runs": [round(f) for f in fwds],
                            "rss_mb_32": float(np.mean(caps)),
-                           "rss_mb_forward_only_32": float(np.mean(fwds)), "rss_mb_128": rss(128)}
-    res["rss_growth_32_to_128"] = res["rss_mb_128"] / res["rss_mb_32"] - 1
+                           "rss_mb_forward_only_32": float(np.mean(fwds)),
+                           "rss_mb_128": long["rss_mb"],
+                           "rss_mb_128_run_by_samples": {k: round(v) for k, v in series.items()}}
+    res["rss_growth_32_to_128"] = long["rss_mb"] / series[min(k for k in series if k >= 32)] - 1
     res["capture_peak_vs_forward_peak"] = res["rss_mb_32"] / res["rss_mb_forward_only_32"]
     return res
 

@@ -31,6 +31,7 @@ import os
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,12 @@ class Local:
     """Shards one after another in this process."""
 
     def __init__(self, model: Any, adapter: Any, device: Any, shard_batches: int,
-                 progress: bool = True) -> None:
+                 progress: bool = True, after_shard: Callable[[int], None] | None = None) -> None:
         self.model, self.adapter, self.device = model, adapter, device
         self.shard_batches, self.progress = shard_batches, progress
+        self.after_shard = after_shard
+        """Called with the samples done so far once each shard is merged (the bench reads the
+        peak memory there: how it grows with the corpus, within one process)."""
         self.retried: list[str] = []
         self._parts: dict[str, list[Reducer]] = {}
 
@@ -119,6 +123,8 @@ class Local:
                                    stop, bar)
                 merge_states(reducers, part, consume=False)
                 release_free_heap()
+                if self.after_shard is not None:
+                    self.after_shard(stop)
         return n
 
     def close(self) -> None:

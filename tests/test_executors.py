@@ -71,6 +71,23 @@ def test_shards_saved_to_files_and_merged_later_equal_the_in_process_run(model_a
         assert all(z[k].dtype != object for k in z.files)
 
 
+def test_local_executor_reports_each_shard_after_its_merge(model_and_inputs):
+    """The bench reads memory growth here: the hook must see every shard, merged into the totals."""
+    model, inputs = model_and_inputs
+    totals = _reducers()
+    means = totals[1]
+    seen = []
+
+    def after(done):
+        seen.append((done, float(means.arrays()["count"].sum())))
+
+    Local(model, adapters.for_config(model.config), "cpu", shard_batches=2, progress=False,
+          after_shard=after).capture(inputs, totals, "t")
+    n_sites = len(means.sites)
+    assert seen == [(stop, float(inputs.mask[:stop].sum()) * n_sites)
+                    for _, stop in inputs.shards(2)]
+
+
 def test_local_executor_reuses_shard_buffers_and_a_failed_shard_leaves_nothing(
         model_and_inputs, monkeypatch):
     model, inputs = model_and_inputs

@@ -9,7 +9,7 @@ import torch
 
 from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
-from generator.reducers.base import Sums
+from generator.reducers.base import Sums, unallocated_zeros
 
 
 class MeanState(Sums):
@@ -42,7 +42,8 @@ class MeanState(Sums):
                      max_samples if "sample" in keep else 1,
                      seq_len if "position" in keep else 1)
         n_slots = int(np.prod(self.dims))
-        self._state = {"sum": np.zeros((n_slots, d_model)), "count": np.zeros(n_slots)}
+        self._state = {"sum": unallocated_zeros((n_slots, d_model)),
+                       "count": unallocated_zeros(n_slots)}
         self._batch: Batch | None = None
         self._seen: list[int] = []
         self._ids: tuple[torch.Tensor | slice, torch.Tensor | None] | None = None
