@@ -363,7 +363,9 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
     order), so the memory measured is the memory a real run needs. `by_shard` is the peak so far
     after each shard's merge, keyed by the samples done: growth with the corpus read within one
-    process, free of the +-150 MB that separate processes differ by.
+    process, free of the +-150 MB that separate processes differ by. `shard_peaks` is each
+    shard's own peak: it moves by about +-100 MB from shard to shard of one run (where the
+    forward's temporaries land in the heap), so the peak so far can rise with no state growing.
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
@@ -381,28 +383,44 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
                 model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
         print(json.dumps({"rss_mb": peak_rss_mb()}))
         return
-    by_shard: dict[int, float] = {}
+    done_at: list[int] = []
+    shard_peaks: list[float] = []
+
+    def after(done: int) -> None:  # this shard's own peak
+        done_at.append(done)
+        shard_peaks.append(peak_rss_mb(restart=True))
+
+    peak_before = peak_rss_mb(restart=True)  # the model, the inputs, empty reducers
     Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
-          progress=False, after_shard=lambda done: by_shard.update({done: peak_rss_mb()})
-          ).capture(inputs, reducers, "rss")
+          progress=False, after_shard=after).capture(inputs, reducers, "rss")
     for r in reducers:
         r.arrays()
-    print(json.dumps({"rss_mb": peak_rss_mb(), "by_shard": by_shard}))
+    so_far = np.maximum.accumulate([peak_before, *shard_peaks])[1:]
+    print(json.dumps({"rss_mb": max(peak_before, *shard_peaks, peak_rss_mb()),
+                      "by_shard": dict(zip(done_at, so_far.tolist(), strict=True)),
+                      "shard_peaks": shard_peaks}))
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS of the current process, in MB.
+def peak_rss_mb(restart: bool = False) -> float:
+    """Peak RSS of the current process in MB (since exec, or since the last `restart`).
 
     VmHWM restarts at exec; ru_maxrss would include the parent's pages from before the fork,
-    which is all a child of the bench would then report.
+    which is all a child of the bench would then report. `restart` resets VmHWM after reading
+    it (`/proc/self/clear_refs`), so the next call gives the peak of what ran in between; where
+    that is refused, the next call gives the peak so far.
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = next(int(line.split()[1]) / 1024
+                    for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if restart:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    return peak
 
 
 def rss(n: int, forward_only: bool = False) -> dict[str, Any]:
@@ -598,7 +616,8 @@ def peak_rss(pairs: int = 2) -> dict[str, Any]:
                            "rss_mb_32": float(np.mean(caps)),
                            "rss_mb_forward_only_32": float(np.mean(fwds)),
                            "rss_mb_128": long["rss_mb"],
-                           "rss_mb_128_run_by_samples": {k: round(v) for k, v in series.items()}}
+                           "rss_mb_128_run_by_samples": {k: round(v) for k, v in series.items()},
+                           "rss_mb_128_run_shard_peaks": [round(v) for v in long["shard_peaks"]]}
     res["rss_growth_32_to_128"] = long["rss_mb"] / series[min(k for k in series if k >= 32)] - 1
     res["capture_peak_vs_forward_peak"] = res["rss_mb_32"] / res["rss_mb_forward_only_32"]
     return res

@@ -1,4 +1,4 @@
-"""The bench's host-overhead proxy measures real capture work against the same forward."""
+"""The bench measures what it claims: the host-overhead proxy, paper-size memory, UMAP, peak RSS."""
 
 from generator.bench import host_overhead_proxy
 
@@ -63,3 +63,17 @@ def test_cuml_umap_is_timed_where_installed(monkeypatch):
     res = cuml_umap_timing(points=3000, d=8)
     assert res["umap_gpu"] == "cuML" and res["umap_cuml_points"] == 3000
     assert fitted == [((1000, 8), "cosine"), ((3000, 8), "cosine")]
+
+
+def test_peak_rss_restarts_so_each_shard_has_its_own_peak():
+    """The bench reads each shard's own peak; a restart that did nothing would repeat the first."""
+    import numpy as np
+
+    from generator.bench import peak_rss_mb
+
+    big = np.ones(40_000_000)  # 320 MB, touched
+    del big
+    before = peak_rss_mb(restart=True)
+    after = peak_rss_mb()
+    assert before >= after + 250
+    assert peak_rss_mb() >= after - 5  # without a restart: the peak so far
