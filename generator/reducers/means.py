@@ -49,6 +49,8 @@ class MeanState(Sums):
         self._ids: tuple[torch.Tensor | slice, torch.Tensor | None] | None = None
         self._sel: dict[tuple[int, ...], torch.Tensor] = {}
         self._ones_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._dst: dict[tuple[int, int], torch.Tensor] = {}
+        """Per (site slot, positions): its view into the device sums, for as long as they live."""
 
     def update(self, state: State) -> None:
         b = state.batch
@@ -61,31 +63,32 @@ class MeanState(Sums):
         h = state.h if b.full else state.h * b.fmask.unsqueeze(-1)  # zero at padding
         if self.min_position:  # averaged over positions: leave the first ones out
             h = h[:, self.min_position:]
-        t = h.shape[1]
         if self._dev is None:
             self._dev = self._zeros(h, torch.float32)
-        acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]
-        f32 = torch.float32
+            self._dst = {}
+        t, f32 = h.shape[1], torch.float32
+        dst = self._dst.get((site_i, t))
+        if dst is None:  # views into the device sums, made once per site (not per batch)
+            acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]
+            dst = self._dst[(site_i, t)] = (acc[:, :t] if n_sample > 1 and n_pos > 1 else
+                                            acc[:, 0] if n_sample > 1 else
+                                            acc[0, :t].view(1, -1) if n_pos > 1 else acc[0, 0])
         if n_sample > 1:
             ids, rows = self._rows(b)
             part = h.to(f32) if n_pos > 1 else h.sum(1, dtype=f32)  # reduce before picking rows
             if rows is not None:
                 part = part.index_select(0, rows)
-            dst = acc[:, :t] if n_pos > 1 else acc[:, 0]
             if isinstance(ids, slice):
                 dst[ids].add_(part)
             else:
                 dst.index_add_(0, ids, part)
-        elif n_pos > 1:
-            dst = acc[0, :t]
-            if len(h) == 1:
-                dst.add_(h[0])
-            elif h.dtype == f32 and h.is_contiguous():  # sum over the batch and add: one kernel
-                dst.view(1, -1).addmm_(self._ones(len(h), h.device), h.view(len(h), -1))
+        elif n_pos > 1:  # dst: (1, t * d)
+            if h.dtype == f32 and h.is_contiguous():  # sum over the batch and add: one kernel
+                dst.addmm_(self._ones(len(h), h.device), h.view(len(h), -1))
             else:
-                dst.add_(h.sum(0, dtype=f32))
+                dst.add_(h.sum(0, dtype=f32).view(1, -1))
         else:
-            acc[0, 0].add_(h.sum((0, 1), dtype=f32))
+            dst.add_(h.sum((0, 1), dtype=f32))
 
     def _ones(self, n: int, device: torch.device) -> torch.Tensor:
         key = (n, device)
