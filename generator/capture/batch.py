@@ -178,12 +178,17 @@ class State:
     batch: Batch
 
     @cached_property
+    def flat(self) -> torch.Tensor:
+        """(B*T, D): every slot, padding included, for row gathers (made once for all reducers)."""
+        return self.h.reshape(-1, self.h.shape[-1])
+
+    @cached_property
     def rows(self) -> torch.Tensor:
         """Valid tokens only, (N, D): padding never reaches a statistic."""
         if self.batch.full:
-            return self.h.reshape(-1, self.h.shape[-1])
+            return self.flat
         idx = self.batch.to_device(np.flatnonzero(self.batch.np_mask).astype(np.int64))
-        return self.h.reshape(-1, self.h.shape[-1]).index_select(0, idx)
+        return self.flat.index_select(0, idx)
 
     @cached_property
     def norms2d(self) -> torch.Tensor:

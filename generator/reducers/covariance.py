@@ -113,7 +113,7 @@ class Covariance(Reducer):
             seg["hvals"].append(hvals)
             seg["hidx"].append(hidx)
             idx = torch.cat([idx, hidx])
-        src = state.h.reshape(-1, state.h.shape[-1])
+        src = state.flat
         if self._buf is None:
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)

@@ -155,6 +155,13 @@ class MeanState(Sums):
                 cnt[self._sel[key], 0, :len(c)] += c
         self._batch, self._seen, self._ids = None, [], None
 
+    def reset(self) -> None:
+        """Empty again; the device sums are kept (zeroed), and so are the views into them."""
+        dst = self._dst if self._pristine and self._dev is not None else {}
+        super().reset()
+        if self._dev is not None:
+            self._dst = dst
+
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """(means shaped dims + (D,), counts shaped dims); empty slots are NaN."""
         st = self.arrays()

@@ -80,7 +80,7 @@ class Reservoir(Reducer):
         cand["arrived"].append(i)
         if hi == lo:
             return
-        h = state.h.reshape(-1, state.h.shape[-1])
+        h = state.flat
         rows, part = cand["rows"][lo:hi], cand["device"][lo:hi]
         if h.dtype == rows.dtype:
             torch.index_select(h, 0, part, out=rows)
