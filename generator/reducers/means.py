@@ -68,11 +68,8 @@ class MeanState(Sums):
             self._dst = {}
         t, f32 = h.shape[1], torch.float32
         dst = self._dst.get((site_i, t))
-        if dst is None:  # views into the device sums, made once per site (not per batch)
-            acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]
-            dst = self._dst[(site_i, t)] = (acc[:, :t] if n_sample > 1 and n_pos > 1 else
-                                            acc[:, 0] if n_sample > 1 else
-                                            acc[0, :t].view(1, -1) if n_pos > 1 else acc[0, 0])
+        if dst is None:
+            dst = self._dest(site_i, t)
         if n_sample > 1:
             ids, rows = self._rows(b)
             part = h.to(f32) if n_pos > 1 else h.sum(1, dtype=f32)  # reduce before picking rows
@@ -89,6 +86,21 @@ class MeanState(Sums):
                 dst.add_(h.sum(0, dtype=f32).view(1, -1))
         else:
             dst.add_(h.sum((0, 1), dtype=f32))
+
+    def _dest(self, site_i: int, t: int) -> torch.Tensor:
+        """The site's view into the device sums for `t` positions, made once (not per batch).
+
+        (samples, t, D) or (samples, D) when samples are kept; otherwise (1, t * D) for one
+        product per batch, or (D,) when everything is pooled.
+        """
+        n_site, n_sample, n_pos = self.dims
+        acc = self._dev["sum"].view(n_site, n_sample, n_pos, -1)[site_i]  # type: ignore[index]
+        if n_sample > 1:
+            view = acc[:, :t] if n_pos > 1 else acc[:, 0]
+        else:
+            view = acc[0, :t].view(1, -1) if n_pos > 1 else acc[0, 0]
+        self._dst[(site_i, t)] = view
+        return view
 
     def _ones(self, n: int, device: torch.device) -> torch.Tensor:
         key = (n, device)
