@@ -54,7 +54,8 @@ class _MallInfo2(ctypes.Structure):
 
 
 _TRIMMED_AT = [0]
-"""RSS (bytes) right after the last trim: the next one waits until the process grew past it."""
+"""RSS (bytes) at which the last trim was made, before it: the next one waits until the process
+grew past that level."""
 
 
 def release_free_heap(keep: int = 256 << 20, grown: int = 64 << 20) -> int:
@@ -67,9 +68,15 @@ def release_free_heap(keep: int = 256 << 20, grown: int = 64 << 20) -> int:
     free memory was handed back after each merge. Handing it back after every shard costs,
     though: the trim itself (6-19 ms) and a page fault for every 4 KB the next shard touches
     again (1.5% of a 2-batch shard at GPT-2-small 8 x 128, measured). So it is done only when
-    more than `keep` bytes are free in the heap and the RSS grew by more than `grown` since the
-    last trim: creep is bounded by `grown`, and a steady run never trims. Returns the free bytes
-    found (0 where glibc's `mallinfo2` is missing).
+    more than `keep` bytes are free in the heap and the RSS is more than `grown` above the level
+    at which the last trim was made: creep is bounded by `grown`, and a steady run never trims.
+
+    The level is the RSS before that trim, not after it: the next shard faults most of the
+    trimmed pages back in, so measured from below, a run whose heap holds more than `keep`
+    free trimmed after every shard at the same level, paying the trim and the faults each time
+    for no lower peak (5 trims in 6 shards of the bench's paired runs, measured; now the first
+    only).
+    Returns the free bytes found (0 where glibc's `mallinfo2` is missing).
     """
     libc = _libc()
     if libc is None:
@@ -77,9 +84,10 @@ def release_free_heap(keep: int = 256 << 20, grown: int = 64 << 20) -> int:
     try:
         libc.mallinfo2.restype = _MallInfo2
         free = int(libc.mallinfo2().fordblks)
-        if free > keep and rss_bytes() > _TRIMMED_AT[0] + grown:
+        level = rss_bytes()
+        if free > keep and level > _TRIMMED_AT[0] + grown:
             libc.malloc_trim(ctypes.c_size_t(keep))
-            _TRIMMED_AT[0] = rss_bytes()
+            _TRIMMED_AT[0] = level
         return free
     except (OSError, AttributeError):
         return 0

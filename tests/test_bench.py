@@ -10,6 +10,24 @@ def test_host_overhead_proxy_times_capture_against_the_forward():
     assert res["host_proxy_width64_capture_extra_ms_per_batch"] > 0.5
 
 
+def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
+    """Both ratios from real timed passes; without `seed` the paper-style passes are not run
+    (the bench times them once per shape, not for every covariance setting)."""
+    import torch
+    from helpers import tiny_gpt2
+
+    from generator.bench import paired_ratio, suite_reducers
+
+    model = tiny_gpt2(n_layer=2)
+    ids = torch.randint(0, int(model.config.vocab_size), (8, 16),
+                        generator=torch.Generator().manual_seed(0))
+    both = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=2)
+    assert 0 < both["capture"] < 1.5 and 0 < both["seed"] < 1.5
+    assert both["capture_seconds"] > 0
+    alone = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=1, seed=False)
+    assert set(alone) == {"capture", "capture_seconds"}
+
+
 def test_paper_memory_counts_what_a_real_capture_holds():
     """The statistics `paper_memory` counts on a weightless model are what a capture of that
     shape really ends with (the reservoir full, every mean slot present), twice over."""
