@@ -34,6 +34,8 @@ class Reservoir(Reducer):
     """
 
     kind = "reservoir"
+    PIECE_BYTES = 4 << 20
+    """Rows gathered at a time when rows enter the slots (heap memory, reused: no page faults)."""
     LABELS = ("key", "depth", "block", "sample", "position", "token")
     KEY_SPACE = 1 << 62
 
@@ -152,7 +154,7 @@ class Reservoir(Reducer):
         if same.any():  # offered twice (overlapping shards): the copy already held stays
             order = np.concatenate([order[:1], order[1:][~same]])
         keep = order[: self.k]
-        enter = keep[keep >= used] - used
+        enter = np.sort(keep[keep >= used] - used)  # in row order: see `_copy_rows`
         if len(enter):
             kept_old = np.zeros(used, bool)
             kept_old[keep[keep < used]] = True
@@ -168,7 +170,12 @@ class Reservoir(Reducer):
     def _copy_rows(self, slots: np.ndarray, enter: np.ndarray, chunks: list[torch.Tensor]) -> None:
         """slots[i] <- row enter[i] of the chunks taken as one (no concatenated copy is made).
 
-        In inference mode: the slots and chunks may be inference tensors (made during capture).
+        Both ascending (slots are in no particular order, so the rows that enter take the free
+        ones in row order; a run of both is one slice copy). Rows are gathered `PIECE_BYTES` at a
+        time: a gather of them all at once makes a new block of entering rows x d, which above
+        glibc's mmap threshold is fresh pages every time (24,000 rows of SmolLM2: 16 ms, of
+        which 13.5 are page faults; 2.5 ms into reused memory, measured). In inference mode: the
+        slots and chunks may be inference tensors (made during capture).
         """
         with torch.inference_mode():
             if self._slots is None:
@@ -178,9 +185,16 @@ class Reservoir(Reducer):
             which = np.searchsorted(ends, enter, side="right")
             for j in np.unique(which):
                 sel = which == j
-                rows = enter[sel] - (ends[j - 1] if j else 0)
-                src = chunks[j].index_select(0, _index(rows, chunks[j].device))
-                self._slots.index_copy_(0, _index(slots[sel], dev), src.to(dev, torch.float32))
+                rows, dst = enter[sel] - (ends[j - 1] if j else 0), slots[sel]
+                if _is_run(rows) and _is_run(dst):
+                    self._slots[dst[0]:dst[-1] + 1].copy_(chunks[j][rows[0]:rows[-1] + 1])
+                    continue
+                step = (max(1, self.PIECE_BYTES // (4 * self.d_model)) if dev.type == "cpu"
+                        else len(rows))  # a GPU's caching allocator reuses its blocks anyway
+                for a in range(0, len(rows), step):
+                    src = chunks[j].index_select(0, _index(rows[a:a + step], chunks[j].device))
+                    self._slots.index_copy_(0, _index(dst[a:a + step], dev),
+                                            src.to(dev, torch.float32))
 
     def _fold(self) -> None:
         """Take in pending rows; build the sorted form if it is out of date."""
@@ -231,6 +245,11 @@ class Reservoir(Reducer):
         self._slots[:u] = torch.from_numpy(self._state["vectors"])
         if u >= self.k:
             self._threshold = int(self._state["key"][-1])
+
+
+def _is_run(a: np.ndarray) -> bool:
+    """Ascending distinct integers without a gap (a slice), as `_copy_rows` gets them."""
+    return bool(len(a)) and int(a[-1]) - int(a[0]) == len(a) - 1
 
 
 def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -234,10 +234,15 @@ def test_covariance_block_triangle_and_closes_match_numpy(monkeypatch, close_row
     np.testing.assert_allclose(st["m2"], st["m2"].T)  # mirrored exactly
 
 
-def test_reservoir_slots_hold_the_k_smallest_keys_with_their_own_rows(setup):
+@pytest.mark.parametrize("piece_rows", [None, 3])
+def test_reservoir_slots_hold_the_k_smallest_keys_with_their_own_rows(setup, monkeypatch,
+                                                                     piece_rows):
     """Shards merged into a total (rows copied slot by slot, never concatenated) equal one pass;
     merging a shard a second time changes nothing (a (key, site) pair is kept once); every kept
-    row is the state at its labelled (site, sample, position)."""
+    row is the state at its labelled (site, sample, position). Also with rows gathered a few at
+    a time (`PIECE_BYTES`), as SmolLM2's 24,000 rows are."""
+    if piece_rows:
+        monkeypatch.setattr(Reservoir, "PIECE_BYTES", piece_rows * 4 * 32)
     model, batches = setup
     sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
     keeps = {(s.depth): Keep(s) for s in sites}
