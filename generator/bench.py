@@ -457,19 +457,32 @@ def suite_timing() -> dict[str, float]:
     return res
 
 
+PAPER_RUN_TOKENS = 128 * 1024
+"""Tokens of the paper's runs (GPT-2: 128 x 1024; LLaMA: 64 x 2048): the run a timed shard is
+one of."""
+
+
 def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, int], vocab: int,
            everies: tuple[int, ...], reps: int) -> None:
     """Paired ratios for one shard of `shape` = (samples, tokens, batch size).
+
+    The shard is one of a run at the paper's size (`PAPER_RUN_TOKENS`): the reducers are made
+    for that run, as the runner makes them for its own. What a shard does depends on it: the
+    reservoir's threshold starts where the whole run's population puts its k rows, so a shard
+    of a long run takes in about its share of them. Made for the shard alone, every repetition
+    took in all k rows (SmolLM2: 24,000 rows of candidates gathered, sorted and copied per
+    shard, a run's whole intake), which no shard of a real run does.
 
     The default `cov_every` gets `reps` repetitions (it is the number the targets are about);
     the others, reported for the choice of default, two (the bench must fit in 15 minutes).
     """
     n, t, bs = shape
+    run = max(n, PAPER_RUN_TOKENS // t)
     ids = torch.randint(0, vocab, (n, t))
     for every in everies:
         note(f"capture vs forward, {label}, cov_every {every}")
         default = every == CaptureOptions().cov_every
-        r = paired_ratio(model, ids, bs, lambda e=every: suite_reducers(model, n, t, e),
+        r = paired_ratio(model, ids, bs, lambda e=every: suite_reducers(model, run, t, e),
                          reps=reps if default else 2, seed=default)
         res[f"capture_vs_forward_{label}_cov_every_{every}"] = r["capture"]
         if default:
