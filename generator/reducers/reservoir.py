@@ -34,8 +34,9 @@ class Reservoir(Reducer):
     """
 
     kind = "reservoir"
-    PIECE_BYTES = 4 << 20
-    """Rows gathered at a time when rows enter the slots (heap memory, reused: no page faults)."""
+    PIECE_BYTES = 16 << 20
+    """Rows gathered at a time when rows enter the slots: below the CLI's 32 MB mmap threshold,
+    so from the heap and reused (no page faults), and few pieces (each is two operators)."""
     LABELS = ("key", "depth", "block", "sample", "position", "token")
     KEY_SPACE = 1 << 62
 
