@@ -75,8 +75,7 @@ def release_free_heap(keep: int = 256 << 20, grown: int = 64 << 20) -> int:
     trimmed pages back in, so measured from below, a run whose heap holds more than `keep`
     free trimmed after every shard at the same level, paying the trim and the faults each time
     for no lower peak (5 trims in 6 shards of the bench's paired runs, measured; now the first
-    only).
-    Returns the free bytes found (0 where glibc's `mallinfo2` is missing).
+    only). Returns the free bytes found (0 where glibc's `mallinfo2` is missing).
     """
     libc = _libc()
     if libc is None:
