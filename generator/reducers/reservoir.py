@@ -182,6 +182,8 @@ class Reservoir(Reducer):
             if self._slots is None:
                 self._slots = torch.empty(self.k, self.d_model, device=chunks[0].device)
             dev = self._slots.device
+            step = (max(1, self.PIECE_BYTES // (4 * self.d_model)) if dev.type == "cpu"
+                    else len(enter))  # a GPU's caching allocator reuses its blocks anyway
             ends = np.cumsum([len(c) for c in chunks])
             which = np.searchsorted(ends, enter, side="right")
             for j in np.unique(which):
@@ -190,8 +192,6 @@ class Reservoir(Reducer):
                 if _is_run(rows) and _is_run(dst):
                     self._slots[dst[0]:dst[-1] + 1].copy_(chunks[j][rows[0]:rows[-1] + 1])
                     continue
-                step = (max(1, self.PIECE_BYTES // (4 * self.d_model)) if dev.type == "cpu"
-                        else len(rows))  # a GPU's caching allocator reuses its blocks anyway
                 for a in range(0, len(rows), step):
                     src = chunks[j].index_select(0, _index(rows[a:a + step], chunks[j].device))
                     self._slots.index_copy_(0, _index(dst[a:a + step], dev),
