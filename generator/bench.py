@@ -651,10 +651,12 @@ def peak_rss(pairs: int = 2) -> dict[str, Any]:
 def main_cuda(quick: bool) -> dict[str, Any]:
     """The issue's GPU targets on a CUDA device (reducers stay on the GPU), random weights.
 
-    Per shape and dtype (float32, bfloat16): capture vs forward ratios, then `cuda_loop_checks`
-    (the capture loop under `torch.cuda.set_sync_debug_mode("error")`, and the device memory
-    peak against the forward's). Results are written after every step, so a run cut short
-    still leaves what it measured.
+    Per shape and dtype (float32, bfloat16): capture vs forward ratios, `cuda_split` (host and
+    device time per batch, kernels launched), then `cuda_loop_checks` (the capture loop under
+    `torch.cuda.set_sync_debug_mode("error")`, and the device memory peak against the
+    forward's). The targets' shapes come first and the extra shapes last; results are written
+    after every step, and a step that fails records its error and the bench goes on, so a run
+    cut short or broken still leaves what it measured (device time is lent by the minute).
     """
     if not torch.cuda.is_available():
         from generator.errors import AtlasError
@@ -663,24 +665,104 @@ def main_cuda(quick: bool) -> dict[str, Any]:
     res: dict[str, Any] = {"machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}"}
     path = Path("build/bench-cuda.json")
     reps = 3
-    everies = (8,) if quick else (1, 8)
-    for make, vocab, shapes in ((gpt2_small, 50257, (("gpt2s_8x1024", (32, 1024, 8)),
-                                                     ("gpt2s_8x128", (32, 128, 8)))),
-                                (smollm2_shaped, 49152, (("smollm2shape_4x512", (16, 512, 4)),
-                                                         ("smollm2shape_32x512", (64, 512, 32))))):
+    targets = (("gpt2s_8x1024", gpt2_small, 50257, (32, 1024, 8), (8,)),
+               ("smollm2shape_4x512", smollm2_shaped, 49152, (16, 512, 4), (8,)))
+    extras = (("gpt2s_8x128", gpt2_small, 50257, (32, 128, 8), (8,)),
+              ("smollm2shape_32x512", smollm2_shaped, 49152, (64, 512, 32), (8,)),
+              ("gpt2s_8x1024", gpt2_small, 50257, (32, 1024, 8), (1,)))
+    for label, make, vocab, shape, everies in targets + (() if quick else extras):
         for dtype in (torch.float32, torch.bfloat16):
-            model = make("cuda").to(dtype)
-            for label, shape in shapes[:1] if quick else shapes:
-                name = f"{label}_{str(dtype).removeprefix('torch.')}"
+            name = f"{label}_{str(dtype).removeprefix('torch.')}"
+            try:
+                model = make("cuda").to(dtype)
                 ratios(res, model, name, shape, vocab, everies, reps)
                 report(res, path, quiet=True)
-                res.update(cuda_loop_checks(model, name, shape, vocab))
-                report(res, path, quiet=True)
-            del model
+                if everies == (8,):
+                    res.update(cuda_split(model, name, shape, vocab))
+                    report(res, path, quiet=True)
+                    res.update(cuda_loop_checks(model, name, shape, vocab))
+            except Exception as e:  # noqa: BLE001 - record it, measure the rest
+                res[f"error_{name}_every_{everies[0]}"] = f"{type(e).__name__}: {e}"[:500]
+                note(f"{name}: {type(e).__name__}: {e}")
+            report(res, path, quiet=True)
+            model = None
             torch.cuda.empty_cache()
     res.pop("_tokens_per_s", None)
     res.update(cuml_umap_timing())
     return report(res, path)
+
+
+def cuda_split(model: Any, label: str, shape: tuple[int, int, int], vocab: int,
+               reps: int = 3) -> dict[str, Any]:
+    """Where a GPU batch's time goes: host time to issue it, device time, kernels launched.
+
+    For the forward alone and for the capture loop (default suite's reducers, one shard of
+    `shape`, after a warm-up shard): host seconds until the loop returns without waiting for
+    the device, wall seconds with the wait, and CUDA kernels per batch from the profiler. When
+    the capture's host time exceeds the forward's wall time the GPU waits on Python and
+    dispatch (host-bound); otherwise on its own kernels. Medians of `reps`.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from generator.capture.hooks import Capture
+    from generator.inputs import TokenInputs
+
+    n, t, bs = shape
+    ids = torch.randint(0, vocab, (n, t))
+    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
+    dev = torch.device("cuda")
+    batches = [b.on(dev) for b in inputs.batches()]
+    adapter = architectures.for_config(model.config)
+    reducers = suite_reducers(model, max(n, PAPER_RUN_TOKENS // t), t)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+
+    def capture() -> None:
+        with Capture(model, adapter, reducers, deferred=True) as cap:
+            for b in batches:
+                cap.run(b)
+
+    def times(f: Any) -> tuple[float, float]:
+        host, wall = [], []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            f()
+            host.append(time.perf_counter() - t0)
+            torch.cuda.synchronize()
+            wall.append(time.perf_counter() - t0)
+        return statistics.median(host), statistics.median(wall)
+
+    def kernels(f: Any) -> tuple[int, list[tuple[str, int, float]]]:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            f()
+            torch.cuda.synchronize()
+        n_k = sum(1 for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        top = sorted(((e.key, e.count, e.self_cpu_time_total / 1000) for e in p.key_averages()),
+                     key=lambda e: -e[2])[:15]
+        return n_k, top
+
+    forward()
+    capture()
+    for r in reducers:
+        r.arrays()
+        r.reset()
+    nb = len(batches)
+    out: dict[str, Any] = {}
+    for key, f in (("forward", forward), ("capture", capture)):
+        host, wall = times(f)
+        n_k, top = kernels(f)
+        out[f"cuda_split_{label}_{key}_host_ms_per_batch"] = host / nb * 1000
+        out[f"cuda_split_{label}_{key}_wall_ms_per_batch"] = wall / nb * 1000
+        out[f"cuda_split_{label}_{key}_kernels_per_batch"] = n_k / nb
+        out[f"cuda_split_{label}_{key}_top_ops_calls_and_self_cpu_ms_per_batch"] = [
+            (k, round(c / nb, 1), round(v / nb, 3)) for k, c, v in top]
+    for r in reducers:
+        r.reset()
+    return out
 
 
 def cuda_loop_checks(model: Any, label: str, shape: tuple[int, int, int],

@@ -52,3 +52,18 @@ def test_bench_cuda_loop_checks_report_a_sync_free_loop(dtype):
     res = cuda_loop_checks(model, "tiny", (8, 24, 4), 256)
     assert res["cuda_loop_sync_free_tiny"], res["cuda_loop_sync_error_tiny"]
     assert res["cuda_capture_peak_vs_forward_peak_tiny"] >= 1.0
+
+
+def test_bench_cuda_split_times_host_and_device_and_counts_kernels():
+    """`cuda_split`: the capture issues more kernels than the forward, and a loop's wall time
+    (host issue plus the device's wait) is never below its host time."""
+    from generator.bench import cuda_split
+
+    model = tiny_gpt2(n_layer=3).to("cuda")
+    res = cuda_split(model, "tiny", (8, 24, 4), 256, reps=2)
+    for key in ("forward", "capture"):
+        host, wall = (res[f"cuda_split_tiny_{key}_{k}_ms_per_batch"] for k in ("host", "wall"))
+        assert 0 < host <= wall
+        assert res[f"cuda_split_tiny_{key}_top_ops_calls_and_self_cpu_ms_per_batch"]
+    kernels = [res[f"cuda_split_tiny_{k}_kernels_per_batch"] for k in ("forward", "capture")]
+    assert 0 < kernels[0] < kernels[1]
