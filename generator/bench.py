@@ -553,27 +553,34 @@ def paper_memory(config: Any, mode: str, n_samples: int, seq_len: int, batch: in
     return out
 
 
-def extrapolate(res: dict[str, Any], model: Any) -> None:
-    """The paper's sizes on this CPU, EXTRAPOLATED (not measured) from the measured throughput.
+def extrapolate(res: dict[str, Any], model: Any, tokens_per_s: dict[int, float] | None = None,
+                prefix: str = "extrapolated") -> None:
+    """The paper's sizes, EXTRAPOLATED (not measured) from the measured throughput.
 
     Capture time scales with tokens x parameters (forward FLOPs) over the measured tokens/s of
-    capture at the GPT-2-small shape (1 x 1024 rows); memory is `paper_memory`: the weights,
-    the suite's statistics for that model and shape (counted from their arrays, not allocated)
-    and one forward's activations.
+    capture at the GPT-2-small shape. `tokens_per_s` maps bytes per weight to that throughput
+    (4: float32, 2: bfloat16; the CPU's one float32 figure, 1 x 1024 rows, serves both); each
+    paper size is scaled from the dtype it runs in. Memory is `paper_memory`: the weights, the
+    suite's statistics for that model and shape (counted from their arrays, not allocated) and
+    one forward's activations. UMAP at 100k points is extrapolated where umap-learn was timed.
     """
     gpt2_params = sum(p.numel() for p in model.parameters())
-    tok_s = res["capture_tokens_per_s_gpt2s_1x1024"]
+    cpu = res.get("capture_tokens_per_s_gpt2s_1x1024")
+    tok_s = tokens_per_s or {4: cpu, 2: cpu}
     configs = {"gpt2": model.config, "llama7b": llama7b_config()}
     for label, (shape, mode, n, t, batch, bytes_per) in PAPER_SIZES.items():
         mem = paper_memory(configs[shape], mode, n, t, batch, bytes_per)
         params = mem["weights_gb"] * 1e9 / bytes_per
-        res[f"extrapolated_{label}_hours"] = n * t / tok_s * params / gpt2_params / 3600
+        if tok_s.get(bytes_per):
+            res[f"{prefix}_{label}_hours"] = n * t / tok_s[bytes_per] * params / gpt2_params / 3600
         for k, v in mem.items():
-            res[f"extrapolated_{label}_{k}"] = v
+            res[f"{prefix}_{label}_{k}"] = v
+    if "umap_seconds" not in res:
+        return
     x = [res["umap_points_small"], res["umap_points"]]
     y = [res["umap_seconds_small"], res["umap_seconds"]]
     slope = np.log(y[1] / y[0]) / np.log(x[1] / x[0])
-    res["extrapolated_umap_100k_seconds"] = y[1] * (100_000 / x[1]) ** slope
+    res[f"{prefix}_umap_100k_seconds"] = y[1] * (100_000 / x[1]) ** slope
 
 
 def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
@@ -676,6 +683,8 @@ def main_cuda(quick: bool) -> dict[str, Any]:
             try:
                 model = make("cuda").to(dtype)
                 ratios(res, model, name, shape, vocab, everies, reps)
+                if label == "gpt2s_8x1024" and everies == (8,):
+                    res[f"capture_tokens_per_s_{name}"] = res.pop("_tokens_per_s")
                 report(res, path, quiet=True)
                 if everies == (8,):
                     res.update(cuda_split(model, name, shape, vocab))
@@ -688,6 +697,10 @@ def main_cuda(quick: bool) -> dict[str, Any]:
             model = None
             torch.cuda.empty_cache()
     res.pop("_tokens_per_s", None)
+    measured = {size: res.get(f"capture_tokens_per_s_gpt2s_8x1024_{dt}")
+                for size, dt in ((4, "float32"), (2, "bfloat16"))}
+    with torch.device("meta"):  # its shape and parameter count; no weights
+        extrapolate(res, gpt2_small("meta"), measured, "extrapolated_cuda")
     res.update(cuml_umap_timing())
     return report(res, path)
 

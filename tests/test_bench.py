@@ -95,3 +95,27 @@ def test_peak_rss_restarts_so_each_shard_has_its_own_peak():
     after = peak_rss_mb()
     assert before >= after + 250
     assert peak_rss_mb() >= after - 5  # without a restart: the peak so far
+
+
+def test_extrapolation_scales_each_paper_size_from_the_throughput_of_its_own_dtype():
+    """The GPU bench measures float32 and bfloat16 apart: LLaMA-7B (bfloat16) is scaled from the
+    bfloat16 throughput, GPT-2 and the vocabularies (float32) from the float32 one. Hours are
+    tokens x parameters over tokens/s, so doubling one dtype's throughput halves its sizes
+    alone; with no umap-learn timing there is no UMAP figure."""
+    from helpers import tiny_gpt2
+
+    from generator.bench import PAPER_SIZES, extrapolate
+
+    model = tiny_gpt2(n_layer=2)
+    one, two = {}, {}
+    extrapolate(one, model, {4: 1000.0, 2: 1000.0}, "x")
+    extrapolate(two, model, {4: 1000.0, 2: 2000.0}, "x")
+    for label, (*_, bytes_per) in PAPER_SIZES.items():
+        want = 0.5 if bytes_per == 2 else 1.0
+        assert abs(two[f"x_{label}_hours"] / one[f"x_{label}_hours"] - want) < 1e-12
+        assert two[f"x_{label}_total_gb"] == one[f"x_{label}_total_gb"] > 0
+    n, t = PAPER_SIZES["gpt2_128x1024"][2:4]
+    params = one["x_gpt2_128x1024_weights_gb"] * 1e9 / 4
+    gpt2 = sum(p.numel() for p in model.parameters())
+    assert abs(one["x_gpt2_128x1024_hours"] - n * t / 1000 * params / gpt2 / 3600) < 1e-9
+    assert not any("umap" in k for k in one)
