@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import padded_ids, tiny_llama, write_suite
 
 from generator import architectures as adapters
@@ -69,6 +70,42 @@ def test_shards_saved_to_files_and_merged_later_equal_the_in_process_run(model_a
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # bit for bit
     with np.load(tmp_path / "shard-0.npz", allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
+
+
+def test_totals_merged_on_the_device_are_bitwise_the_host_merge(model_and_inputs):
+    """A GPU run keeps its large totals on the device and merges each shard there: the same
+    numbers, bit for bit, as bringing every shard to the host (forced here on the CPU, where
+    a run keeps the host path). The device path is really taken: before the totals are read,
+    the sums and covariances are still device tensors and the host state is untouched, while
+    the reservoir and norm statistics were merged on the host."""
+    model, inputs = model_and_inputs
+    adapter = adapters.for_config(model.config)
+    host, dev = _reducers(), _reducers()
+    Local(model, adapter, "cpu", 2, progress=False, merge_on_device=False).capture(inputs, host, "t")
+    Local(model, adapter, "cpu", 2, progress=False, merge_on_device=True).capture(inputs, dev, "t")
+    for r in dev:
+        kept = isinstance(r, MeanState | SampleNorms | Covariance)
+        assert (r._dev is not None) == kept, type(r).__name__
+        if kept:
+            assert r._pristine and not r._state[next(iter(r._state))].any()
+    assert all(r._dev is None for r in host)
+    for got, want in zip(_arrays(dev), _arrays(host), strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # bit for bit
+
+
+def test_totals_stay_on_the_host_for_a_cpu_run_and_on_a_gpu_only_where_they_fit(monkeypatch):
+    from generator.executors import merge_totals_on_device
+
+    reducers = _reducers()
+    assert not merge_totals_on_device(torch.device("cpu"), reducers)
+    need = sum(r.nbytes() for r in reducers if not isinstance(r, NormStats | Reservoir))
+    for free, want in ((need + (1 << 30), True), (need + (1 << 30) - 1, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, f=free: (f, 80 << 30))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 5 << 20)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 5 << 20)
+        assert merge_totals_on_device(torch.device("cuda"), reducers) is want
 
 
 def test_local_executor_reports_each_shard_after_its_merge(model_and_inputs):

@@ -359,6 +359,31 @@ class Covariance(Reducer):
             self._merge_arrays({k: _np(v) for k, v in self._dev.items()})
             self._dev = None
 
+    def merge_on_device(self, part: Reducer) -> bool:
+        """Merge a shard's closed (n, mean, M2) into float64 totals on its device (a GPU run).
+
+        The host path brings three d x d float64 arrays per shard to the host (134 MB each at
+        LLaMA-7B's width) and merges them in numpy with fresh temporaries. Here the same merge
+        formula runs on the device, from zero totals, with the same operations in the same order
+        as numpy's (not the in-place variant): bitwise the host path's result.
+        """
+        if not (self._pristine and isinstance(part, Covariance) and part._pristine):
+            return False
+        part.end_batch()
+        part._close()
+        b = part._dev
+        if b is None:
+            return True
+        with torch.inference_mode():
+            if self._dev is None:
+                self._dev = {"n": torch.zeros((), dtype=torch.float64, device=b["n"].device),
+                             "mean": torch.zeros_like(b["mean"]),
+                             "m2": torch.zeros_like(b["m2"])}
+            d = self._dev
+            d["n"], d["mean"], d["m2"] = chan_merge(d["n"], d["mean"], d["m2"],
+                                                    b["n"], b["mean"], b["m2"], outer=True)
+        return True
+
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
         a = self._state
         a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],

@@ -92,13 +92,16 @@ def save_states(path: Path, reducers: list[Reducer]) -> None:
     write_bytes_atomic(path, dump_states(reducers))
 
 
-def merge_states(into: list[Reducer], shard: list[Reducer], consume: bool = True) -> None:
+def merge_states(into: list[Reducer], shard: list[Reducer], consume: bool = True,
+                 on_device: bool = False) -> None:
     """Merge a shard's reducers into `into`, refusing states made for others.
 
     `consume`: the shard's arrays are used up (may be adopted); otherwise they are only read,
-    and the shard's reducers can be `reset` and reused.
+    and the shard's reducers can be `reset` and reused. `on_device`: totals that can stay on
+    the shard's device do (`Reducer.merge_on_device`), the rest are merged on the host.
     """
     if [r.config() for r in into] != [r.config() for r in shard]:
         raise ValueError("shard states were made for different reducers (suite or model changed)")
     for acc, part in zip(into, shard, strict=True):
-        acc.merge(part, consume=consume)
+        if not (on_device and acc.merge_on_device(part)):
+            acc.merge(part, consume=consume)
