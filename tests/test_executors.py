@@ -95,6 +95,23 @@ def test_totals_merged_on_the_device_are_bitwise_the_host_merge(model_and_inputs
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # bit for bit
 
 
+def test_a_shard_already_read_on_the_host_is_merged_there_not_lost(model_and_inputs):
+    """The device merge takes only fresh device shards: a shard whose statistics were already
+    read (folded into its host state) goes by the host path, and nothing is left behind."""
+    model, inputs = model_and_inputs
+    adapter = adapters.for_config(model.config)
+    read, fresh = _reducers(), _reducers()
+    for part in (read, fresh):
+        capture_shard(model, adapter, inputs, part, "cpu", 0, 4)
+    _arrays(read)  # folded: the device sums are gone, the host state holds them
+    got, want = _reducers(), _reducers()
+    merge_states(got, read, consume=False, on_device=True)
+    merge_states(want, fresh, consume=False)
+    for g, w in zip(_arrays(got), _arrays(want), strict=True):
+        for key in w:
+            np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
 def test_totals_stay_on_the_host_for_a_cpu_run_and_on_a_gpu_only_where_they_fit(monkeypatch):
     from generator.executors import merge_totals_on_device
 

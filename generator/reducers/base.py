@@ -190,10 +190,10 @@ class Sums(Reducer):
         (on this project's CPU the numpy add alone takes 25 ms and first-touch page faults run at
         about 1.5 GB/s; an H200's four bfloat16 forwards of that shard take about 30 ms by its
         matrix rate, an estimate), 3.5 GB at LLaMA-7B x 2048. Here it is one add per array on
-        the device; the totals
-        reach the host once, when read (`_fold`, which adopts them: float64 already). The same
-        float64 additions in the same order as the host path: bitwise the same totals. Only
-        while this total holds nothing on the host and the shard is a fresh device shard.
+        the device; the totals reach the host once, when read (`_fold`, which adopts them:
+        float64 already). The same float64 additions in the same order as the host path:
+        bitwise the same totals. Only while neither holds anything on the host (`_pristine`: a
+        shard already folded there merges by the host path, or its sums would be left behind).
         """
         if not (self._pristine and isinstance(part, Sums) and part._pristine):
             return False

@@ -365,9 +365,11 @@ class Covariance(Reducer):
         The host path brings three d x d float64 arrays per shard to the host (134 MB each at
         LLaMA-7B's width) and merges them in numpy with fresh temporaries. Here the same merge
         formula runs on the device, from zero totals, with the same operations in the same order
-        as numpy's (not the in-place variant): bitwise the host path's result.
+        as numpy's (not the in-place variant): bitwise the host path's result. Only while neither
+        holds anything on the host (a shard already folded there merges by the host path, or
+        its statistics would be left behind).
         """
-        if not (self._pristine and isinstance(part, Covariance) and part._pristine):
+        if not (isinstance(part, Covariance) and self._host_empty() and part._host_empty()):
             return False
         part.end_batch()
         part._close()
@@ -383,6 +385,9 @@ class Covariance(Reducer):
             d["n"], d["mean"], d["m2"] = chan_merge(d["n"], d["mean"], d["m2"],
                                                     b["n"], b["mean"], b["m2"], outer=True)
         return True
+
+    def _host_empty(self) -> bool:
+        return not self._state["n"].any()
 
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
         a = self._state
