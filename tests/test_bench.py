@@ -119,3 +119,19 @@ def test_extrapolation_scales_each_paper_size_from_the_throughput_of_its_own_dty
     gpt2 = sum(p.numel() for p in model.parameters())
     assert abs(one["x_gpt2_128x1024_hours"] - n * t / 1000 * params / gpt2 / 3600) < 1e-9
     assert not any("umap" in k for k in one)
+
+
+def test_llama7b_shape_is_made_in_bfloat16_on_the_device_asked_and_leaves_the_default_dtype():
+    """The GPU bench's LLaMA-7B: 6.7B bfloat16 parameters made where asked (here the meta
+    device: no memory), and torch's default dtype restored afterwards."""
+    import torch
+
+    from generator.bench import llama7b_shaped
+
+    before = torch.get_default_dtype()
+    model = llama7b_shaped("meta")
+    assert torch.get_default_dtype() == before
+    params = list(model.parameters())
+    assert {p.dtype for p in params} == {torch.bfloat16} and {p.device.type for p in params} == {"meta"}
+    assert 6.6e9 < sum(p.numel() for p in params) < 6.8e9
+    assert model.config.hidden_size == 4096 and model.config.num_hidden_layers == 32
