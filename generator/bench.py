@@ -731,6 +731,25 @@ def main_cuda(quick: bool) -> dict[str, Any]:
     return report(res, path)
 
 
+def _cuda_shard(model: Any, shape: tuple[int, int, int], vocab: int) -> tuple[list, Any, Any]:
+    """One shard of random tokens of `shape` on the GPU, with its adapter and plain forward.
+
+    The shared setup (and baseline) of `cuda_split` and `cuda_loop_checks`.
+    """
+    from generator.inputs import TokenInputs
+
+    n, t, bs = shape
+    ids = torch.randint(0, vocab, (n, t))
+    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
+    batches = [b.on(torch.device("cuda")) for b in inputs.batches()]
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+    return batches, architectures.for_config(model.config), forward
+
+
 def cuda_split(model: Any, label: str, shape: tuple[int, int, int], vocab: int,
                reps: int = 3) -> dict[str, Any]:
     """Where a GPU batch's time goes: host time to issue it, device time, kernels launched.
@@ -744,20 +763,10 @@ def cuda_split(model: Any, label: str, shape: tuple[int, int, int], vocab: int,
     from torch.profiler import ProfilerActivity, profile
 
     from generator.capture.hooks import Capture
-    from generator.inputs import TokenInputs
 
-    n, t, bs = shape
-    ids = torch.randint(0, vocab, (n, t))
-    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
-    dev = torch.device("cuda")
-    batches = [b.on(dev) for b in inputs.batches()]
-    adapter = architectures.for_config(model.config)
+    n, t, _ = shape
+    batches, adapter, forward = _cuda_shard(model, shape, vocab)
     reducers = suite_reducers(model, max(n, PAPER_RUN_TOKENS // t), t)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            for b in batches:
-                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
 
     def capture() -> None:
         with Capture(model, adapter, reducers, deferred=True) as cap:
@@ -814,19 +823,9 @@ def cuda_loop_checks(model: Any, label: str, shape: tuple[int, int, int],
     over the loop against the same over the forward alone, on the same batches.
     """
     from generator.capture.hooks import Capture
-    from generator.inputs import TokenInputs
 
-    n, t, bs = shape
-    ids = torch.randint(0, vocab, (n, t))
-    inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
-    dev = torch.device("cuda")
-    batches = [b.on(dev) for b in inputs.batches()]
-    adapter = architectures.for_config(model.config)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            for b in batches:
-                model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
+    n, t, _ = shape
+    batches, adapter, forward = _cuda_shard(model, shape, vocab)
 
     forward()
     torch.cuda.synchronize()
