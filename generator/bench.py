@@ -6,6 +6,7 @@ so machine noise hits both sides alike. Memory is peak RSS of separate subproces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -74,13 +75,17 @@ def suite_reducers(model: Any, n_samples: int, seq_len: int, cov_every: int = 8,
 
     `n_samples` samples of `seq_len` tokens (`singular`: one token per sample, a vocabulary).
     """
+    from generator.reducers.covariance import products_dtype
+
     adapter = architectures.for_config(model.config)
+    options = options or CaptureOptions(cov_every=cov_every)
     seq = {"text": seq_len, "repeat": 8, "singular": 1}
     count = {"text": 1, "repeat": 1, "singular": 1, mode: n_samples}
     ctx = Context("bench", adapter.n_blocks(model), int(model.config.hidden_size), 42, seq, count,
-                  None, model, adapter, options or CaptureOptions(cov_every=cov_every),
+                  None, model, adapter, options,
                   input_labels={"repeat": ["x"]},
-                  valid_tokens={m: count[m] * seq[m] for m in seq})
+                  valid_tokens={m: count[m] * seq[m] for m in seq},
+                  cov_matmul=products_dtype(options.cov_matmul, next(model.parameters()).device))
     needs = [exp.needs(ctx, p) for exp in registry().values()
              if exp.skip(ctx, p := exp.params()) is None]
     return share_identical(needs).get(mode, [])  # as a run: one reducer per statistic
@@ -108,6 +113,40 @@ class SeedStyle:
         self.kept.clear()
 
 
+class PoolTimer:
+    """Time spent in the covariance's pooled arithmetic while active (CPU: ops run synchronously).
+
+    `Covariance._add_pool` is where the pooled rows are centered, weighted and multiplied into
+    the accumulator: float32 products whose FLOPs the sample rate fixes (rows x d^2, the upper
+    block triangle). Its share of a forward bounds the ratio whatever the rest of capture
+    costs: capture / forward <= 1 / (1 + share). One entry of `per_call` per activation.
+    """
+
+    def __init__(self) -> None:
+        self.per_call: list[float] = []
+
+    def __enter__(self) -> PoolTimer:
+        from generator.reducers.covariance import Covariance
+
+        self._orig, spent = Covariance._add_pool, [0.0]
+
+        def timed(cov: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                self._orig(cov)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        self._spent = spent
+        Covariance._add_pool = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from generator.reducers.covariance import Covariance
+
+        Covariance._add_pool = self._orig  # type: ignore[method-assign]
+        self.per_call.append(self._spent[0])
+
+
 def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: Any,
                  reps: int = 5, seed: bool = True) -> dict[str, float]:
     """Forward-only vs capture through the runner's shard executor, on the same batches.
@@ -120,6 +159,9 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     same samples again, so the run's total reservoir takes in no new rows after the first (a
     (key, site) pair is kept once): its merge is the key sort alone, where a real next shard
     also copies the rows that enter (those of its own k / shards or so that beat the total).
+
+    On the CPU it also times the covariance's pooled arithmetic inside the capture
+    repetitions (`PoolTimer`): `pool_seconds`, to set against `forward_seconds`.
 
     With `seed`, the paper-style capture is then paired with the forward in repetitions of its
     own. It copies every hooked output (hundreds of MB, freed after each pass); interleaved with
@@ -159,13 +201,19 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
         sync()
         return time.perf_counter() - t0
 
-    out: dict[str, list[float]] = {"capture": [], "capture_seconds": []}
+    out: dict[str, list[float]] = {"capture": [], "capture_seconds": [], "forward_seconds": []}
     for f in (plain, ours):
         f()  # warm-up
+    pool = PoolTimer() if device.type == "cpu" else None
     for _ in range(reps):
-        base, t = timed(plain), timed(ours)
+        base = timed(plain)
+        with pool or contextlib.nullcontext():
+            t = timed(ours)
         out["capture"].append(base / t)
         out["capture_seconds"].append(t)
+        out["forward_seconds"].append(base)
+    if pool is not None:
+        out["pool_seconds"] = pool.per_call
     if seed:
         seed_style()  # warm-up
         out["seed"] = []
@@ -307,17 +355,21 @@ def pca_vs_sklearn(n: int = 100_000, d: int = 768) -> dict[str, float]:
 
 
 def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
-    """What `cov_every` costs in accuracy, on real SmolLM2 states and the default suite's text.
+    """What `cov_every` and `cov_matmul` cost in accuracy, on real SmolLM2 states and text.
 
-    PCA from the default sampled covariance (raw: norm-stratified, units: uniform) against the
-    exact one, for middle attn/MLP outputs (raw) and residuals (unit vectors); also the plain
-    uniform sample on raw outputs, to show why stratification is the default there.
+    The reference is the exact covariance in float32 products. Against it: the default (1 in
+    `every` tokens, raw: norm-stratified, units: uniform; products as `cov_matmul = "auto"`
+    picks on this CPU), for middle attn/MLP outputs (raw) and residuals (unit vectors); the
+    plain uniform sample on raw outputs, to show why stratification is the default there; and
+    every token with bfloat16 products, to show what that precision costs on its own. Leading
+    two explained-variance ratios, the smallest principal cosine between the top-2 and the
+    top-10 subspaces, and the covariance's relative (Frobenius) error.
     """
     from generator.analysis import pca
     from generator.capture.sites import COMPONENT_POINTS, RESIDUAL_POINTS, all_sites, middle_blocks
     from generator.executors import Local
     from generator.inputs import build_inputs
-    from generator.reducers.covariance import Covariance
+    from generator.reducers.covariance import Covariance, products_dtype
     from generator.suite import Inputs
 
     model, tok = loaded.model, loaded.tokenizer
@@ -328,21 +380,32 @@ def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
     raw = [s for s in all_sites(n) if s.point in COMPONENT_POINTS and s.block in mids]
     resid = [s for s in all_sites(n) if s.point in RESIDUAL_POINTS]
     keep = CaptureOptions().cov_keep_above
-    covs = {"attn_mlp_raw": (Covariance(raw, d, every=1, min_position=1),
-                             Covariance(raw, d, every=every, min_position=1, keep_above=keep)),
-            "attn_mlp_raw_uniform": (Covariance(raw, d, every=1, min_position=1),
-                                     Covariance(raw, d, every=every, min_position=1)),
-            "residual_unit": (Covariance(resid, d, unit=True, min_position=1),
-                              Covariance(resid, d, unit=True, every=every, min_position=1))}
+    auto = products_dtype(CaptureOptions().cov_matmul, "cpu")  # the default's products here
+    raw_exact = Covariance(raw, d, every=1, min_position=1)  # float32 products: the reference
+    unit_exact = Covariance(resid, d, unit=True, min_position=1)
+    covs = {f"pca_every{every}_attn_mlp_raw": (raw_exact, Covariance(
+                raw, d, every=every, min_position=1, keep_above=keep, matmul_dtype=auto)),
+            f"pca_every{every}_attn_mlp_raw_uniform": (raw_exact, Covariance(
+                raw, d, every=every, min_position=1, matmul_dtype=auto)),
+            f"pca_every{every}_residual_unit": (unit_exact, Covariance(
+                resid, d, unit=True, every=every, min_position=1, matmul_dtype=auto)),
+            "pca_bf16_products_attn_mlp_raw": (raw_exact, Covariance(
+                raw, d, every=1, min_position=1, matmul_dtype="bfloat16")),
+            "pca_bf16_products_residual_unit": (unit_exact, Covariance(
+                resid, d, unit=True, min_position=1, matmul_dtype="bfloat16"))}
     Local(model, adapter, "cpu", 4, progress=False).capture(
-        inputs, [c for pair in covs.values() for c in pair], "pca")
-    res: dict[str, float] = {}
-    for g, pair in covs.items():
-        fits = [pca.from_covariance(c.state["mean"], c.covariance(), 2) for c in pair]
-        res[f"pca_every{every}_{g}_evr_diff"] = float(np.abs(
-            fits[0].explained_variance_ratio - fits[1].explained_variance_ratio).max())
-        cosines = np.linalg.svd(fits[0].components @ fits[1].components.T, compute_uv=False)
-        res[f"pca_every{every}_{g}_subspace_cos"] = float(cosines.min())
+        inputs, list({id(c): c for pair in covs.values() for c in pair}.values()), "pca")
+    res: dict[str, Any] = {"pca_default_products_dtype": auto}
+    for g, (ref, c) in covs.items():
+        fits = [pca.from_covariance(x.state["mean"], x.covariance(), 10) for x in (ref, c)]
+        res[f"{g}_evr_diff"] = float(np.abs(
+            fits[0].explained_variance_ratio[:2] - fits[1].explained_variance_ratio[:2]).max())
+        top2 = fits[0].components[:2] @ fits[1].components[:2].T
+        res[f"{g}_subspace_cos"] = float(np.linalg.svd(top2, compute_uv=False).min())
+        top10 = fits[0].components @ fits[1].components.T
+        res[f"{g}_subspace_cos_top10"] = float(np.linalg.svd(top10, compute_uv=False).min())
+        a, b = ref.covariance(), c.covariance()
+        res[f"{g}_covariance_rel_error"] = float(np.linalg.norm(b - a) / np.linalg.norm(a))
     return res
 
 
@@ -481,7 +544,8 @@ one of."""
 
 
 def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, int], vocab: int,
-           everies: tuple[int, ...], reps: int, seed: bool = True) -> None:
+           everies: tuple[int, ...], reps: int, seed: bool = True,
+           float32_too: bool = False) -> None:
     """Paired ratios for one shard of `shape` = (samples, tokens, batch size).
 
     The shard is one of a run at the paper's size (`PAPER_RUN_TOKENS`): the reducers are made
@@ -491,18 +555,37 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
     took in all k rows (SmolLM2: 24,000 rows of candidates gathered, sorted and copied per
     shard, a run's whole intake), which no shard of a real run does.
 
+    The CPU bench's shards are one or two batches, where the runner's hold four
+    (`capture.shard_batches`): each batch carries two to four times its share of the merge
+    into the float64 totals (30-50 ms per SmolLM2 x 512 shard). Timed at the runner's four
+    batches (2026-11-28 09:00, 3 repetitions) the ratios were no higher (0.918 / 0.940 / 0.911
+    at 1 in 8) and the ratio part of the bench took 7.9 minutes instead of about 4, so the
+    shorter shards stay.
+
+    Covariance products are as `capture.cov_matmul = "auto"` picks for the model's device
+    (bfloat16 on CPUs with AVX512-BF16 or AMX and on CUDA); with `float32_too` the default
+    `cov_every` is also timed with float32 products (`..._float32_products`), for comparison.
     The default `cov_every` gets `reps` repetitions (it is the number the targets are about);
     the others, reported for the choice of default, two (the bench must fit in 15 minutes).
     """
     n, t, bs = shape
     run = max(n, PAPER_RUN_TOKENS // t)
     ids = torch.randint(0, vocab, (n, t))
-    for every in everies:
-        note(f"capture vs forward, {label}, cov_every {every}")
-        default = every == CaptureOptions().cov_every
-        r = paired_ratio(model, ids, bs, lambda e=every: suite_reducers(model, run, t, e),
+    runs = [(every, "auto") for every in everies]
+    if float32_too:
+        runs.insert(1, (CaptureOptions().cov_every, "float32"))
+    for every, matmul in runs:
+        note(f"capture vs forward, {label}, cov_every {every}, products {matmul}")
+        default = every == CaptureOptions().cov_every and matmul == "auto"
+        opts = CaptureOptions(cov_every=every, cov_matmul=matmul)
+        r = paired_ratio(model, ids, bs, lambda o=opts: suite_reducers(model, run, t, options=o),
                          reps=reps if default else 2, seed=default and seed)
-        res[f"capture_vs_forward_{label}_cov_every_{every}"] = r["capture"]
+        key = f"{label}_cov_every_{every}" + ("_float32_products" if matmul == "float32" else "")
+        res[f"capture_vs_forward_{key}"] = r["capture"]
+        if "pool_seconds" in r:  # what the covariance products alone leave of the budget
+            share = r["pool_seconds"] / r["forward_seconds"]
+            res[f"covariance_products_share_of_forward_{key}"] = share
+            res[f"capture_ceiling_from_products_{key}"] = 1 / (1 + share)
         if "seed" in r:
             res[f"seed_style_vs_forward_{label}"] = r["seed"]
             res["_tokens_per_s"] = n * t / r["capture_seconds"]
@@ -615,8 +698,12 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     for label, shape in (("gpt2s_8x128", (16, 128, 8)), ("gpt2s_1x1024", (2, 1024, 1))):
         for k, v in profile_capture(model, shape).items():
             res[f"profile_{label}_{k}"] = v
-    ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, everies, reps)
-    ratios(res, model, "gpt2s_1x1024", (2, 1024, 1), 50257, everies, reps)
+    from generator.reducers.covariance import products_dtype
+
+    res["covariance_products_dtype"] = products_dtype(CaptureOptions().cov_matmul, "cpu")
+    both = res["covariance_products_dtype"] != "float32" and not quick
+    ratios(res, model, "gpt2s_8x128", (16, 128, 8), 50257, everies, reps, float32_too=both)
+    ratios(res, model, "gpt2s_1x1024", (2, 1024, 1), 50257, everies, reps, float32_too=both)
     res["capture_tokens_per_s_gpt2s_1x1024"] = res.pop("_tokens_per_s")
     res.update(host_overhead_proxy(reps))
     from generator.models import ModelSpec, load
@@ -626,7 +713,7 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     if not quick:
         for k, v in profile_capture(loaded.model, (4, 512, 4)).items():
             res[f"profile_smollm2_4x512_{k}"] = v
-    ratios(res, loaded.model, "smollm2_4x512", (4, 512, 4), 49152, everies, reps)
+    ratios(res, loaded.model, "smollm2_4x512", (4, 512, 4), 49152, everies, reps, float32_too=both)
     res.pop("_tokens_per_s", None)
     if not quick:
         note("PCA from 1 in 8 tokens vs all, on SmolLM2's states")

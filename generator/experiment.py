@@ -97,6 +97,9 @@ class Context:
     absent_points: dict[str, str] = field(default_factory=dict)
     """Capture points this model's blocks do not have, with the reason (`resid_attn` of a
     parallel block): they never reach a reducer, so experiments leave their sites out."""
+    cov_matmul: str = "float32"
+    """The covariance products' dtype for this run: `capture.cov_matmul` with `auto` resolved
+    for the capture device by the driver (`reducers.covariance.products_dtype`)."""
 
     def population(self, mode: str, n_sites: int) -> int:
         """(site, token) pairs a reducer over `n_sites` sites will see: sizes reservoir intake."""

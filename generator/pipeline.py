@@ -271,8 +271,10 @@ def pick_device(name: str) -> str:
 
 
 def context(suite: Suite, loaded: models.LoadedModel,
-            token_inputs: dict[str, inputs.TokenInputs]) -> Context:
+            token_inputs: dict[str, inputs.TokenInputs], device: Any = "cpu") -> Context:
+    """What the experiments may know; `device`: where capture runs (Ray: the workers' device)."""
     from generator import architectures
+    from generator.reducers.covariance import products_dtype
 
     model = loaded.model
     arch = architectures.for_config(model.config, loaded.spec.name)
@@ -284,7 +286,8 @@ def context(suite: Suite, loaded: models.LoadedModel,
                    capture=suite.capture,
                    input_labels={m: t.labels for m, t in token_inputs.items()},
                    valid_tokens={m: int(t.mask.sum()) for m, t in token_inputs.items()},
-                   absent_points=arch.absent(model.config))
+                   absent_points=arch.absent(model.config),
+                   cov_matmul=products_dtype(suite.capture.cov_matmul, device))
 
 
 def _absent_point(ctx: Context, exp: str, params: Any) -> str | None:
@@ -311,9 +314,9 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
     modes = sorted({m for e in exps.values() for m in e.modes})
     token_inputs = {m: inputs.build_inputs(m, loaded.tokenizer, suite.inputs, max_len, vocab)
                     for m in modes}
-    ctx = context(suite, loaded, token_inputs)
+    device = executor.device if executor is not None else next(model.parameters()).device
+    ctx = context(suite, loaded, token_inputs, device)
     if executor is None:
-        device = next(model.parameters()).device
         executor = Local(model, ctx.architecture, device, suite.capture.shard_batches, progress)
     wanted: dict[str, dict[str, dict[str, Any]]] = {}
     for e, exp in exps.items():

@@ -189,6 +189,7 @@ def fake_context(n_blocks: int = 6, d_model: int = 16, seq_len: int = 32, n_samp
                    seq_len=dict.fromkeys(modes, seq_len), n_samples=dict.fromkeys(modes, n_samples),
                    tokenizer=ByteTokenizer(), model=None, architecture=None,
                    capture=CaptureOptions(**capture),
+                   cov_matmul=capture.get("cov_matmul", "float32"),
                    input_labels={"repeat": [f"tok{i}" for i in range(n_samples)]},
                    valid_tokens=dict.fromkeys(modes, seq_len * n_samples))
 

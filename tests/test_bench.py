@@ -25,7 +25,9 @@ def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
     assert 0 < both["capture"] < 1.5 and 0 < both["seed"] < 1.5
     assert both["capture_seconds"] > 0
     alone = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=1, seed=False)
-    assert set(alone) == {"capture", "capture_seconds"}
+    assert set(alone) == {"capture", "capture_seconds", "forward_seconds", "pool_seconds"}
+    # the covariance's pooled products ran inside the timed capture, and took part of it
+    assert 0 < alone["pool_seconds"] < alone["capture_seconds"]
 
 
 def test_paper_memory_counts_what_a_real_capture_holds():

@@ -27,7 +27,9 @@ def test_reducers_on_cuda_match_the_cpu(make):
     results = {}
     for device in ("cpu", "cuda"):
         m = model.to(device)
-        reducers = suite_reducers(m, 10, 24, options=CaptureOptions(cov_every=2, shard_batches=2))
+        # float32 products on both (the device comparison; `auto` may pick bfloat16 on one)
+        reducers = suite_reducers(m, 10, 24, options=CaptureOptions(
+            cov_every=2, shard_batches=2, cov_matmul="float32"))
         Local(m, adapters.for_config(m.config), device, 2, progress=False).capture(
             TokenInputs("text", ids, mask, 4), reducers, device)
         results[device] = [r.arrays() for r in reducers]

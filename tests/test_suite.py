@@ -30,6 +30,7 @@ def test_shipped_suite_loads_with_the_embedded_default_and_paper_models():
     ("[capture]\npoints_per_site = 0\n", "capture.points_per_site", "at least 1"),
     ("[capture]\nmax_chart_points = -1\n", "capture.max_chart_points", "at least 1"),
     ("[capture]\ndevice = \"gpu\"\n", "capture.device", "unknown value 'gpu'"),
+    ("[capture]\ncov_matmul = \"float16\"\n", "capture.cov_matmul", "unknown value 'float16'"),
     ("[inputs]\nseq_len = 1\n", "inputs.seq_len", "at least 2"),
     ("[claims]\nmade_up_min = 1.0\n", "claims.made_up_min", "no experiment declares"),
     ("[[models]]\nname = \"a\"\nid = \"my model\"\n", "id 'my model'", "not a Hugging Face hub id"),

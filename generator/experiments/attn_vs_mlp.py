@@ -92,7 +92,8 @@ def needs(ctx: Context, p: Params) -> Needs:
     k = ctx.capture.points_per_site * max(1, p.probe_factor) * len(every)
     first = int(p.skip_first)
     d = ctx.d_model
-    cov = {"every": ctx.capture.cov_every, "min_position": first, "drop_above": outliers.FACTOR}
+    cov = {"every": ctx.capture.cov_every, "min_position": first, "drop_above": outliers.FACTOR,
+           "matmul_dtype": ctx.cov_matmul}
     return {"text": {
         "sample": Reservoir(every, d, k=k, seed=ctx.seed,
                             population=ctx.population("text", len(every))),
@@ -247,7 +248,7 @@ def compute(ctx: Context, p: Params, stats: Needs) -> Result:
         "early": [early[0], early[-1]] if early else None,
         "late": [late[0], late[-1]] if late else None,
         "total_tokens": int(r["cov_raw"].state["n"]), "evr": evr,
-        "cov_every": int(ctx.capture.cov_every),
+        "cov_every": int(ctx.capture.cov_every), "cov_matmul": ctx.cov_matmul,
         "cov_keep_above": float(ctx.capture.cov_keep_above), "umap_points": len(ux),
         "factor": outliers.FACTOR, "classifier": {
             "C": p.C, "folds": p.folds, "shuffles": p.shuffles,
@@ -326,6 +327,8 @@ def _fitted_on(f: dict, label: str) -> str:
     else:
         kept = ", high-norm tokens kept" if label == "raw" and f["cov_keep_above"] else ""
         how = f"covariance from 1 in {every} tokens{kept}"
+    if f.get("cov_matmul") == "bfloat16":
+        how += ", products in bfloat16"
     return (f"PCA fitted on all {f['total_tokens']:,} tokens ({how}); tokens above "
             f"{f['factor']:g}x their site's median norm left out of the fit")
 

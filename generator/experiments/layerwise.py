@@ -62,7 +62,8 @@ def needs(ctx: Context, p: Params) -> Needs:
         "sample": Reservoir(sites, d, k=ctx.capture.points_per_site * len(sites), seed=ctx.seed,
                             population=ctx.population("text", len(sites))),
         "cov_unit": Covariance(sites, d, unit=True, every=ctx.capture.cov_every,
-                               min_position=first, drop_above=outliers.FACTOR),
+                               min_position=first, drop_above=outliers.FACTOR,
+                               matmul_dtype=ctx.cov_matmul),
         "by_position": MeanState(sites, d, keep=("site", "position"), seq_len=ctx.seq_len["text"]),
         "by_sample": MeanState(sites, d, keep=("site", "sample"), min_position=first,
                                max_samples=min(p.max_samples, ctx.n_samples["text"])),
@@ -188,6 +189,7 @@ def compute(ctx: Context, p: Params, stats: Needs) -> Result:
         tables=tables,
         facts={"evr": [float(evr[0]), float(evr[1])], "total_tokens": int(cov.state["n"]),
                "n_blocks": ctx.n_blocks, "factor": outliers.FACTOR,
+               "cov_every": int(ctx.capture.cov_every), "cov_matmul": ctx.cov_matmul,
                "sampled_points": int(len(norms)),
                "massive": {"points": int(big.sum()),
                            "where": outliers.position_counts(massive_rows["position"].to_numpy())},
@@ -223,13 +225,21 @@ def _left_out(f: dict) -> str:
     return f"position 0 and {m['points']:,} massive-norm states left out ({m['where']})"
 
 
+def _covariance_words(f: dict) -> str:
+    """How the covariance behind the fit was summed (facts written before 2026-11-28 lack it)."""
+    how = [f"covariance from 1 in {f['cov_every']} tokens"] if f.get("cov_every", 1) > 1 else []
+    if f.get("cov_matmul") == "bfloat16":
+        how.append("products in bfloat16")
+    return f" ({', '.join(how)})" if how else ""
+
+
 def charts(r: Result, view: ChartView) -> dict[str, object]:
     f = r.facts
     e1, e2 = f["evr"]
     n = f.get("n_blocks") or int(r.frame("pca_unit")["block"].max())
-    fitted = (f"PCA fitted on all {f['total_tokens']:,} tokens' unit vectors, tokens above "
-              f"{f.get('factor', outliers.FACTOR):g}x their site's median norm left out; "
-              f"explained variance {e1:.1%}, {e2:.1%}")
+    fitted = (f"PCA fitted on all {f['total_tokens']:,} tokens' unit vectors{_covariance_words(f)}, "
+              f"tokens above {f.get('factor', outliers.FACTOR):g}x their site's median norm left "
+              f"out; explained variance {e1:.1%}, {e2:.1%}")
     full = r.frame("pca_unit")
     df = _shown(full.iloc[ch.sample_rows(len(full), view.max_chart_points)])
     tips = [POINT_TIP, ch.tip("block"), ch.tip("position", "sequence position"),

@@ -399,6 +399,27 @@ class Covariance(Reducer):
         return st["m2"] / max(float(st["n"]) - 1.0, 1.0)
 
 
+def products_dtype(choice: str, device: str | torch.device) -> str:
+    """The covariance products' dtype for `capture.cov_matmul` on `device` (`auto` resolved).
+
+    `auto` is bfloat16 only where the hardware multiplies bfloat16 natively: elsewhere (CPUs
+    without AVX512-BF16 or AMX, e.g. AVX2-only runners) torch emulates it, slower than float32.
+    Decided once per run, by the driver, from the capture device: the reducers' configs carry
+    the result, so every shard of a run, local or on Ray, multiplies alike.
+    """
+    if choice != "auto":
+        return choice
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if kind == "cpu":
+        cpu = torch.cpu
+        native = any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported",
+                                                                "_is_amx_tile_supported"))
+        return "bfloat16" if native else "float32"
+    return "float32"
+
+
 def _median_norms(b: Batch, norms: torch.Tensor, min_position: int) -> torch.Tensor:
     """(S,) median token norm per site of (S, B, T) `norms`, from `min_position` on, padding out.
 

@@ -212,3 +212,18 @@ def test_the_margin_curve_is_offered_to_the_compare_page(middle):
     rows = comp.rows(middle)
     assert [r["block"] for r in rows] == list(range(N_BLOCKS))
     assert rows[2]["value"] > 0.4 > abs(rows[0]["value"])
+
+
+def test_the_pca_subtitle_says_how_its_covariance_was_summed():
+    """Sample rate, kept heavy tokens (raw outputs only) and the products' precision, as the
+    run resolved them; facts written before `cov_matmul` existed say nothing about it."""
+    from generator.experiments.attn_vs_mlp import _fitted_on
+
+    f = {"cov_every": 8, "cov_keep_above": 3.0, "total_tokens": 1000, "factor": 4.0,
+         "cov_matmul": "bfloat16"}
+    assert "1 in 8 tokens, high-norm tokens kept, products in bfloat16" in _fitted_on(f, "raw")
+    assert "1 in 8 tokens, products in bfloat16" in _fitted_on(f, "unit")
+    exact = _fitted_on({**f, "cov_every": 1, "cov_matmul": "float32"}, "raw")
+    assert "exact covariance" in exact and "bfloat16" not in exact
+    old = {k: v for k, v in f.items() if k != "cov_matmul"}
+    assert "bfloat16" not in _fitted_on(old, "raw")

@@ -190,3 +190,16 @@ def test_the_centroid_curves_are_offered_to_the_compare_page():
     assert {row["series"] for row in rows} == {"position 0", "other positions"}
     assert max((row for row in rows if row["series"] == "other positions"),
                key=lambda row: row["value"])["block"] == 4
+
+
+def test_the_pca_subtitle_says_how_its_covariance_was_summed():
+    """The page states the sample rate and the products' precision behind the fit, as resolved
+    for the run (`capture.cov_every`, `capture.cov_matmul`), and only what applies."""
+    for every, matmul, said, unsaid in ((8, "bfloat16", ["1 in 8 tokens", "products in bfloat16"], []),
+                                        (1, "float32", [], ["1 in", "bfloat16"])):
+        ctx = fake_context(n_blocks=4, d_model=D, cov_every=every, cov_matmul=matmul)
+        r = run_planted(EXPERIMENT, ctx, _along(3.0))
+        assert (r.facts["cov_every"], r.facts["cov_matmul"]) == (every, matmul)
+        sub = " ".join(EXPERIMENT.charts(r, ChartView("synthetic", 3))["pca_unit"]
+                       .to_dict()["title"]["subtitle"])
+        assert all(s in sub for s in said) and not any(s in sub for s in unsaid), sub
