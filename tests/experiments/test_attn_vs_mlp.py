@@ -221,9 +221,11 @@ def test_the_pca_subtitle_says_how_its_covariance_was_summed():
 
     f = {"cov_every": 8, "cov_keep_above": 3.0, "total_tokens": 1000, "factor": 4.0,
          "cov_matmul": "bfloat16"}
-    assert "1 in 8 tokens, high-norm tokens kept, products in bfloat16" in _fitted_on(f, "raw")
-    assert "1 in 8 tokens, products in bfloat16" in _fitted_on(f, "unit")
+    raw = _fitted_on(f, "raw")
+    assert "about 1,000 tokens, estimated from 1 in 8 of them, high-norm tokens kept, " \
+        "products in bfloat16" in raw
+    assert "1 in 8 of them, products in bfloat16" in _fitted_on(f, "unit")
     exact = _fitted_on({**f, "cov_every": 1, "cov_matmul": "float32"}, "raw")
-    assert "exact covariance" in exact and "bfloat16" not in exact
+    assert "all 1,000 tokens (exact covariance)" in exact and "bfloat16" not in exact
     old = {k: v for k, v in f.items() if k != "cov_matmul"}
     assert "bfloat16" not in _fitted_on(old, "raw")

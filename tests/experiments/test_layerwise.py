@@ -195,8 +195,9 @@ def test_the_centroid_curves_are_offered_to_the_compare_page():
 def test_the_pca_subtitle_says_how_its_covariance_was_summed():
     """The page states the sample rate and the products' precision behind the fit, as resolved
     for the run (`capture.cov_every`, `capture.cov_matmul`), and only what applies."""
-    for every, matmul, said, unsaid in ((8, "bfloat16", ["1 in 8 tokens", "products in bfloat16"], []),
-                                        (1, "float32", [], ["1 in", "bfloat16"])):
+    for every, matmul, said, unsaid in (
+            (8, "bfloat16", ["about", "estimated from 1 in 8 of them, products in bfloat16"], []),
+            (1, "float32", ["PCA fitted on all"], ["1 in", "bfloat16", "about"])):
         ctx = fake_context(n_blocks=4, d_model=D, cov_every=every, cov_matmul=matmul)
         r = run_planted(EXPERIMENT, ctx, _along(3.0))
         assert (r.facts["cov_every"], r.facts["cov_matmul"]) == (every, matmul)
