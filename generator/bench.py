@@ -117,9 +117,10 @@ class PoolTimer:
     """Time spent in the covariance's pooled arithmetic while active (CPU: ops run synchronously).
 
     `Covariance._add_pool` is where the pooled rows are centered, weighted and multiplied into
-    the accumulator: float32 products whose FLOPs the sample rate fixes (rows x d^2, the upper
-    block triangle). Its share of a forward bounds the ratio whatever the rest of capture
-    costs: capture / forward <= 1 / (1 + share). One entry of `per_call` per activation.
+    the accumulator: products (float32 or bfloat16, `capture.cov_matmul`) whose FLOPs the
+    sample rate fixes (rows x d^2, the upper block triangle). Its share of a forward bounds
+    the ratio whatever the rest of capture costs: capture / forward <= 1 / (1 + share). One
+    entry of `per_call` per activation.
     """
 
     def __init__(self) -> None:

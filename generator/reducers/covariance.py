@@ -405,7 +405,9 @@ def products_dtype(choice: str, device: str | torch.device) -> str:
     `auto` is bfloat16 only where the hardware multiplies bfloat16 natively: elsewhere (CPUs
     without AVX512-BF16 or AMX, e.g. AVX2-only runners) torch emulates it, slower than float32.
     Decided once per run, by the driver, from the capture device: the reducers' configs carry
-    the result, so every shard of a run, local or on Ray, multiplies alike.
+    the result, so every shard of a run, local or on Ray, multiplies alike. A Ray driver that
+    cannot see the workers' GPU (they are on other nodes) resolves `auto` to float32 for them:
+    it cannot tell whether their GPU has bfloat16 (`cov_matmul = "bfloat16"` asks for it).
     """
     if choice != "auto":
         return choice
