@@ -358,6 +358,9 @@ def pca_vs_sklearn(n: int = 100_000, d: int = 768) -> dict[str, float]:
 def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
     """What `cov_every` and `cov_matmul` cost in accuracy, on real SmolLM2 states and text.
 
+    On the default suite's text at its size (`suite.toml`'s inputs; 2,048 tokens before
+    2026-11-28 10:10), with position 0 and massive tokens left out as the suite's experiments
+    do (`drop_above`; kept before then, so raw outputs' top components were the massive ones).
     The reference is the exact covariance in float32 products. Against it: the default (1 in
     `every` tokens, raw: norm-stratified, units: uniform; products as `cov_matmul = "auto"`
     picks on this CPU), for middle attn/MLP outputs (raw) and residuals (unit vectors); the
@@ -366,37 +369,42 @@ def pca_sampled_vs_exact(loaded: Any, every: int = 8) -> dict[str, float]:
     two explained-variance ratios, the smallest principal cosine between the top-2 and the
     top-10 subspaces, and the covariance's relative (Frobenius) error.
     """
-    from generator.analysis import pca
+    from generator.analysis import outliers, pca
     from generator.capture.sites import COMPONENT_POINTS, RESIDUAL_POINTS, all_sites, middle_blocks
     from generator.executors import Local
     from generator.inputs import build_inputs
     from generator.reducers.covariance import Covariance, products_dtype
-    from generator.suite import Inputs
+    from generator.suite import Inputs, load_suite
 
     model, tok = loaded.model, loaded.tokenizer
     adapter = architectures.for_config(model.config)
     n, d = adapter.n_blocks(model), int(model.config.hidden_size)
-    inputs = build_inputs("text", tok, Inputs(), None, int(model.config.vocab_size))
+    text = Path("suite.toml")  # the default suite's text at its size (64 x 256 tokens)
+    shape = load_suite(text).inputs if text.is_file() else Inputs()
+    inputs = build_inputs("text", tok, shape, None, int(model.config.vocab_size))
     mids = middle_blocks(n)
     raw = [s for s in all_sites(n) if s.point in COMPONENT_POINTS and s.block in mids]
     resid = [s for s in all_sites(n) if s.point in RESIDUAL_POINTS]
     keep = CaptureOptions().cov_keep_above
     auto = products_dtype(CaptureOptions().cov_matmul, "cpu")  # the default's products here
-    raw_exact = Covariance(raw, d, every=1, min_position=1)  # float32 products: the reference
-    unit_exact = Covariance(resid, d, unit=True, min_position=1)
+    # as the suite's experiments make them: position 0 and massive tokens left out
+    common = {"min_position": 1, "drop_above": outliers.FACTOR}
+    raw_exact = Covariance(raw, d, **common)  # every token, float32 products: the reference
+    unit_exact = Covariance(resid, d, unit=True, **common)
     covs = {f"pca_every{every}_attn_mlp_raw": (raw_exact, Covariance(
-                raw, d, every=every, min_position=1, keep_above=keep, matmul_dtype=auto)),
+                raw, d, every=every, keep_above=keep, matmul_dtype=auto, **common)),
             f"pca_every{every}_attn_mlp_raw_uniform": (raw_exact, Covariance(
-                raw, d, every=every, min_position=1, matmul_dtype=auto)),
+                raw, d, every=every, matmul_dtype=auto, **common)),
             f"pca_every{every}_residual_unit": (unit_exact, Covariance(
-                resid, d, unit=True, every=every, min_position=1, matmul_dtype=auto)),
+                resid, d, unit=True, every=every, matmul_dtype=auto, **common)),
             "pca_bf16_products_attn_mlp_raw": (raw_exact, Covariance(
-                raw, d, every=1, min_position=1, matmul_dtype="bfloat16")),
+                raw, d, matmul_dtype="bfloat16", **common)),
             "pca_bf16_products_residual_unit": (unit_exact, Covariance(
-                resid, d, unit=True, min_position=1, matmul_dtype="bfloat16"))}
+                resid, d, unit=True, matmul_dtype="bfloat16", **common))}
     Local(model, adapter, "cpu", 4, progress=False).capture(
         inputs, list({id(c): c for pair in covs.values() for c in pair}.values()), "pca")
-    res: dict[str, Any] = {"pca_default_products_dtype": auto}
+    res: dict[str, Any] = {"pca_default_products_dtype": auto,
+                           "pca_tokens": int(inputs.mask.sum())}
     for g, (ref, c) in covs.items():
         fits = [pca.from_covariance(x.state["mean"], x.covariance(), 10) for x in (ref, c)]
         res[f"{g}_evr_diff"] = float(np.abs(

@@ -68,10 +68,10 @@ class CaptureOptions:
     """Precision of the covariance's products: `float32`, `bfloat16` (inputs rounded to bfloat16,
     each product's d x d result rounded once, summed in float32 and merged in float64), or `auto`:
     bfloat16 where the capture device multiplies it natively (CUDA GPUs with bfloat16, CPUs with
-    AVX512-BF16 or AMX), float32 elsewhere. On SmolLM2's states bfloat16 products move the
-    covariance by about 1e-3 (relative, Frobenius) and explained-variance ratios by under 1e-4,
-    a hundredth of what the 1-in-8 sample moves them (`make bench` measures both), and the
-    products run about 3x faster (Zen 4 CPU, measured)."""
+    AVX512-BF16 or AMX), float32 elsewhere. On SmolLM2's states (the suite's text) bfloat16
+    products move the covariance by 0.6-3e-3 (relative, Frobenius) and the leading
+    explained-variance ratios by under 1e-4, 10-70x less than the 1-in-8 sample moves them
+    (`make bench` measures both), and the products run about 3x faster (Zen 4 CPU)."""
     cov_keep_above: float = 3.0
     """With `cov_every` > 1, raw (not unit) covariances always keep tokens whose norm is at least
     this multiple of the site's median in the batch (weight 1; the rest weigh `cov_every`):
