@@ -582,7 +582,7 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
     ids = torch.randint(0, vocab, (n, t))
     runs = [(every, "auto") for every in everies]
     if float32_too:
-        runs.insert(1, (CaptureOptions().cov_every, "float32"))
+        runs.append((CaptureOptions().cov_every, "float32"))
     for every, matmul in runs:
         note(f"capture vs forward, {label}, cov_every {every}, products {matmul}")
         default = every == CaptureOptions().cov_every and matmul == "auto"

@@ -43,3 +43,19 @@ def fit(x: np.ndarray, k: int) -> PCAFit:
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def fitted_on(facts: dict, what: str = "tokens", kept: bool = False) -> str:
+    """Subtitle words on the tokens behind a PCA's covariance and how it was summed.
+
+    `facts`: `total_tokens`, `cov_every`, `cov_matmul` as an experiment stored them (facts
+    written before 2026-11-28 lack the last two: nothing is said of them). A sampled
+    covariance's count is the sample's weighted count, an estimate of the tokens it stands for.
+    """
+    n, every = facts["total_tokens"], facts.get("cov_every")
+    prod = ["products in bfloat16"] if facts.get("cov_matmul") == "bfloat16" else []
+    if every is None or every == 1:
+        how = (["exact covariance"] if every == 1 else []) + prod
+        return f"PCA fitted on all {n:,} {what}" + (f" ({', '.join(how)})" if how else "")
+    how = [f"estimated from 1 in {every} of them"] + (["high-norm tokens kept"] if kept else [])
+    return f"PCA fitted on a covariance of about {n:,} {what}, " + ", ".join(how + prod)

@@ -320,17 +320,10 @@ CLAIM = Claim("attn_mlp_middle_contrast", "attn_mlp_separability_min", 0.1,
 
 
 def _fitted_on(f: dict, label: str) -> str:
-    """Subtitle words on the tokens the covariance behind a PCA saw, and how it was summed."""
-    every, n = f["cov_every"], f["total_tokens"]
-    prod = ", products in bfloat16" if f.get("cov_matmul") == "bfloat16" else ""
-    if every == 1:
-        fit = f"PCA fitted on all {n:,} tokens (exact covariance{prod})"
-    else:  # n is the sample's weighted count: an estimate of the tokens it stands for
-        kept = ", high-norm tokens kept" if label == "raw" and f["cov_keep_above"] else ""
-        fit = (f"PCA fitted on a covariance of about {n:,} tokens, estimated from 1 in "
-               f"{every} of them{kept}{prod}")
-    return (f"{fit}; tokens above {f['factor']:g}x their site's median norm left out of "
-            "the fit")
+    """Subtitle words on the covariance behind a PCA (`pca.fitted_on`) and what it left out."""
+    kept = label == "raw" and bool(f["cov_keep_above"])
+    return (f"{pca.fitted_on(f, kept=kept)}; tokens above {f['factor']:g}x their site's median "
+            "norm left out of the fit")
 
 
 def _left_out(f: dict) -> str:

@@ -225,26 +225,13 @@ def _left_out(f: dict) -> str:
     return f"position 0 and {m['points']:,} massive-norm states left out ({m['where']})"
 
 
-def _fitted_on(f: dict) -> str:
-    """The tokens behind the PCA, and how their covariance was summed.
-
-    Facts written before 2026-11-28 lack `cov_every` and `cov_matmul`: nothing is said of them.
-    """
-    n, every = f["total_tokens"], f.get("cov_every", 1)
-    prod = "products in bfloat16" if f.get("cov_matmul") == "bfloat16" else ""
-    if every == 1:
-        return f"PCA fitted on all {n:,} tokens' unit vectors" + (f" ({prod})" if prod else "")
-    # n is the sample's weighted count: an estimate of the tokens it stands for
-    return (f"PCA fitted on a covariance of about {n:,} tokens' unit vectors, estimated from 1 "
-            f"in {every} of them" + (f", {prod}" if prod else ""))
-
-
 def charts(r: Result, view: ChartView) -> dict[str, object]:
     f = r.facts
     e1, e2 = f["evr"]
     n = f.get("n_blocks") or int(r.frame("pca_unit")["block"].max())
-    fitted = (f"{_fitted_on(f)}, tokens above {f.get('factor', outliers.FACTOR):g}x their "
-              f"site's median norm left out; explained variance {e1:.1%}, {e2:.1%}")
+    fit = pca.fitted_on(f, "tokens' unit vectors")
+    fitted = (f"{fit}, tokens above {f.get('factor', outliers.FACTOR):g}x their site's median "
+              f"norm left out; explained variance {e1:.1%}, {e2:.1%}")
     full = r.frame("pca_unit")
     df = _shown(full.iloc[ch.sample_rows(len(full), view.max_chart_points)])
     tips = [POINT_TIP, ch.tip("block"), ch.tip("position", "sequence position"),
