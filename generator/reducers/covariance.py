@@ -20,7 +20,8 @@ class Covariance(Reducer):
     hash falls in 1/k of the space: a fixed, shard-invariant subsample that costs 1/k of the
     matrix products. The rows a batch contributes from all sites are gathered into one
     preallocated pool (`POOL_BYTES`, reused for the whole run: a fresh block of that size per
-    batch costs more in page faults than the product), centered on the shard's first rows'
+    batch costs more in page faults than the product; a batch with more rows than it holds
+    makes more than one product), centered on the shard's first rows'
     mean (so float32 matmul loses nothing to a large offset) and added by one in-place product
     into a float32 accumulator; it is folded into the float64 totals once per shard (`_close`).
     `drop_above=f` leaves out massive activations: tokens whose norm is
@@ -29,8 +30,19 @@ class Covariance(Reducer):
     """
 
     kind = "covariance"
-    POOL_BYTES = 32 << 20
-    """Rows pooled before one product: 32 MB of float32 (14.5k rows at width 576)."""
+    POOL_BYTES = 4 << 20
+    """Rows pooled before one product on the CPU: 4 MB of float32 (1,820 rows at width 576).
+
+    Small, because on the CPU a product costs the same per row from about 1,400 rows up (1.1,
+    1.0, 1.0 and 1.0 us per row at 10,922, 5,461, 2,730 and 1,365 rows of width 768 in
+    bfloat16; 3.8-3.9 us in float32), while the pool and the per-product temporaries (its
+    bfloat16 copy, the rows' gathers) sit in the heap the forward allocates from: with 32 MB
+    pools the suite's five covariances held 160 MB there, and the peak RSS of the bench's 32 x
+    1024-token GPT-2-small capture was 2,370 MB against 2,022 MB with 4 MB pools (2,121 MB at 8
+    MB; means of three runs each, 2026-11-28; the forward alone peaks at 1,348 MB).
+    """
+    GPU_POOL_BYTES = 32 << 20
+    """On a GPU: fewer, larger products (each is a dozen kernel launches; memory is plentiful)."""
 
     def __init__(self, sites: Iterable[Site], d_model: int, unit: bool = False, every: int = 1,
                  min_position: int = 0, matmul_dtype: torch.dtype | str = torch.float32,
@@ -115,6 +127,8 @@ class Covariance(Reducer):
             idx = torch.cat([idx, hidx])
         src = state.flat
         if self._buf is None:
+            if src.device.type != "cpu":
+                self.capacity = max(self.capacity, self.GPU_POOL_BYTES // (4 * src.shape[1]))
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)
         total, done = m + k, 0
