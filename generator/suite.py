@@ -69,9 +69,9 @@ class CaptureOptions:
     each product's d x d result rounded once, summed in float32 and merged in float64), or `auto`:
     bfloat16 where the capture device multiplies it natively (CUDA GPUs with bfloat16, CPUs with
     AVX512-BF16 or AMX), float32 elsewhere. On SmolLM2's states (the suite's text) bfloat16
-    products move the covariance by 0.6-3e-3 (relative, Frobenius) and the leading
-    explained-variance ratios by under 1e-4, 10-70x less than the 1-in-8 sample moves them
-    (`make bench` measures both), and the products run about 3x faster (Zen 4 CPU)."""
+    products move the covariance by 2-5e-4 (relative, Frobenius; the CPU's 4 MB row pools) and
+    the leading explained-variance ratios by under 2e-5, 40-200x less than the 1-in-8 sample
+    moves them (`make bench` measures both), and the products run about 3x faster (Zen 4 CPU)."""
     cov_keep_above: float = 3.0
     """With `cov_every` > 1, raw (not unit) covariances always keep tokens whose norm is at least
     this multiple of the site's median in the batch (weight 1; the rest weigh `cov_every`):
