@@ -149,7 +149,7 @@ class PoolTimer:
 
 
 def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: Any,
-                 reps: int = 5, seed: bool = True) -> dict[str, float]:
+                 reps: int = 5, seed: bool = True) -> dict[str, Any]:
     """Forward-only vs capture through the runner's shard executor, on the same batches.
 
     `ids` is one shard of input (at most `shard_batches` batches) and every repetition is one
@@ -167,6 +167,9 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     With `seed`, the paper-style capture is then paired with the forward in repetitions of its
     own. It copies every hooked output (hundreds of MB, freed after each pass); interleaved with
     ours, every capture shard ran in a heap shaped by those copies, which a run never has.
+
+    Medians, and for the ratios their lowest and highest repetition (`capture_range`,
+    `seed_range`): the spread within one run, which a reader needs beside a target of 0.95.
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
@@ -221,7 +224,11 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
         for _ in range(reps):
             base = timed(plain)
             out["seed"].append(base / timed(seed_style))
-    return {k: statistics.median(v) for k, v in out.items()}
+    res: dict[str, Any] = {k: statistics.median(v) for k, v in out.items()}
+    for k in ("capture", "seed"):  # the spread within the run, beside its median
+        if k in out:
+            res[f"{k}_range"] = [round(min(out[k]), 3), round(max(out[k]), 3)]
+    return res
 
 
 NO_KERNEL = frozenset(f"aten::{n}" for n in (
@@ -591,12 +598,14 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
                          reps=reps if default else 2, seed=default and seed)
         key = f"{label}_cov_every_{every}" + ("_float32_products" if matmul == "float32" else "")
         res[f"capture_vs_forward_{key}"] = r["capture"]
+        res[f"capture_vs_forward_{key}_range"] = r["capture_range"]
         if "pool_seconds" in r:  # what the covariance products alone leave of the budget
             share = r["pool_seconds"] / r["forward_seconds"]
             res[f"covariance_products_share_of_forward_{key}"] = share
             res[f"capture_ceiling_from_products_{key}"] = 1 / (1 + share)
         if "seed" in r:
             res[f"seed_style_vs_forward_{label}"] = r["seed"]
+            res[f"seed_style_vs_forward_{label}_range"] = r["seed_range"]
             res["_tokens_per_s"] = n * t / r["capture_seconds"]
 
 

@@ -24,8 +24,12 @@ def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
     both = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=2)
     assert 0 < both["capture"] < 1.5 and 0 < both["seed"] < 1.5
     assert both["capture_seconds"] > 0
+    for k in ("capture", "seed"):  # each median lies within its run's spread
+        lo, hi = both[f"{k}_range"]
+        assert lo <= round(both[k], 3) <= hi
     alone = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=1, seed=False)
-    assert set(alone) == {"capture", "capture_seconds", "forward_seconds", "pool_seconds"}
+    assert set(alone) == {"capture", "capture_range", "capture_seconds", "forward_seconds",
+                          "pool_seconds"}
     # the covariance's pooled products ran inside the timed capture, and took part of it
     assert 0 < alone["pool_seconds"] < alone["capture_seconds"]
 

@@ -129,8 +129,7 @@ class Covariance(Reducer):
             idx = torch.cat([idx, hidx])
         src = state.flat
         if self._buf is None:
-            if src.device.type != "cpu":
-                self.capacity = max(self.capacity, self.GPU_POOL_BYTES // (4 * src.shape[1]))
+            self.capacity = self._pool_rows(src.device)
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)
         total, done = m + k, 0
@@ -147,6 +146,15 @@ class Covariance(Reducer):
             self._pooled += n
             seg["pooled"] += n
             done += n
+
+    def _pool_rows(self, device: torch.device) -> int:
+        """Rows the pool holds on `device`: `capacity` (`POOL_BYTES`) on the CPU, more elsewhere.
+
+        At least `GPU_POOL_BYTES` of rows off the CPU, where fewer products mean fewer launches.
+        """
+        if device.type == "cpu":
+            return self.capacity
+        return max(self.capacity, self.GPU_POOL_BYTES // (4 * int(self.params["d_model"])))
 
     @property
     def _per_row(self) -> bool:

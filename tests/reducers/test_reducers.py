@@ -270,6 +270,20 @@ def test_reservoir_slots_hold_the_k_smallest_keys_with_their_own_rows(setup, mon
         np.testing.assert_allclose(row, np.concatenate(k.rows)[match[0]], rtol=1e-5, atol=1e-6)
 
 
+def test_row_pool_is_small_in_the_cpu_heap_and_large_on_a_gpu(setup):
+    """The CPU's pool is `POOL_BYTES` (the heap the forward allocates from: a 32 MB pool per
+    covariance raised the bench's peak RSS by 350 MB); a GPU's holds `GPU_POOL_BYTES` of rows,
+    fewer products and kernel launches per batch. The CPU size is what a real update allocates."""
+    cov = Covariance(all_sites(1), 768)
+    assert cov._pool_rows(torch.device("cpu")) * 768 * 4 <= Covariance.POOL_BYTES
+    assert cov._pool_rows(torch.device("cuda")) == Covariance.GPU_POOL_BYTES // (768 * 4)
+    assert Covariance.GPU_POOL_BYTES >= 4 * Covariance.POOL_BYTES
+    model, batches = setup
+    cov = Covariance([s for s in all_sites(2) if s.point == "attn"], 32)
+    _run([cov], batches, model)
+    assert cov._buf is not None and cov._buf.nbytes <= Covariance.POOL_BYTES
+
+
 def test_bfloat16_products_stay_within_their_rounding_of_the_float32_covariance():
     """`matmul_dtype="bfloat16"` (what `capture.cov_matmul = "auto"` picks on CPUs with native
     bfloat16) rounds inputs and each product's result to bfloat16 and sums in float32: the
