@@ -470,7 +470,7 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
     order), so the memory measured is the memory a real run needs. `by_shard` is the peak so far
     after each shard's merge, keyed by the samples done: growth with the corpus read within one
-    process, free of the +-150 MB that separate processes differ by. `shard_peaks` is each
+    process, free of what separate processes differ by (+-150 MB with 32 MB row pools). `shard_peaks` is each
     shard's own peak: it moves by about +-100 MB from shard to shard of one run (where the
     forward's temporaries land in the heap), so the peak so far can rise with no state growing.
     """
@@ -751,9 +751,10 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
 def peak_rss(pairs: int = 2) -> dict[str, Any]:
     """Peak RSS of capture and of the forward alone at 32 x 1024 tokens, and its growth to 128.
 
-    One subprocess per measurement; a single one moves by about +-150 MB between identical
-    runs (the heap's layout, not the states), so the 32-sample ones are run in `pairs`
-    interleaved pairs (capture, then forward) and their means are reported with every run.
+    One subprocess per measurement; a single one moved by about +-150 MB between identical
+    runs when the covariances' 32 MB row pools fragmented the heap (+-20 MB with 4 MB pools),
+    so the 32-sample ones are run in `pairs` interleaved pairs (capture, then forward) and
+    their means are reported with every run.
     Growth is read inside the 128-sample run: its peak after the shard that completes 32
     samples against its peak at the end (same process, same heap). Shards of 16 samples: the
     float64 totals exist from the first merge on.
