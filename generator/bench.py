@@ -470,9 +470,10 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
     order), so the memory measured is the memory a real run needs. `by_shard` is the peak so far
     after each shard's merge, keyed by the samples done: growth with the corpus read within one
-    process, free of what separate processes differ by (+-150 MB with 32 MB row pools). `shard_peaks` is each
-    shard's own peak: it moves by about +-100 MB from shard to shard of one run (where the
-    forward's temporaries land in the heap), so the peak so far can rise with no state growing.
+    process, free of what separate processes differ by (+-150 MB with 32 MB row pools).
+    `shard_peaks` is each shard's own peak: it moved by about +-100 MB from shard to shard of
+    one run with 32 MB row pools (+-50 MB with 4 MB ones: where the forward's temporaries land
+    in the heap), so the peak so far can rise with no state growing.
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
