@@ -253,12 +253,16 @@ SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::i
 """Operators that make the host wait for the device (on CUDA); `nonzero_static` does not."""
 
 
-def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> dict[str, float]:
+def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8,
+                    pool_bytes: int | None = None) -> dict[str, float]:
     """Per batch, inside the capture loop: operators and host syncs beyond the forward's own.
 
     Torch profiler on the CPU, default suite's reducers, `shape` = (samples, tokens, batch size),
-    one shard. The loop is what runs per batch (hooks, deferred residual check, reducer updates,
-    `end_batch`); the once-per-shard part (`verify`, `regrow`, the merge) is counted apart. Host
+    one shard. The covariances' row pools are a GPU's (`Covariance.GPU_POOL_BYTES`) unless
+    `pool_bytes` says otherwise: these counts stand for the kernel launches a GPU would make,
+    and the CPU's smaller pools make more, smaller products per batch. The loop is what runs
+    per batch (hooks, deferred residual check, reducer updates, `end_batch`); the
+    once-per-shard part (`verify`, `regrow`, the merge) is counted apart. Host
     copies are `.cpu()`/`.numpy()` calls on tensors (on CUDA each would be a device-to-host copy);
     the batch's own host copy (`Batch.host`) is left out.
     """
@@ -269,13 +273,19 @@ def profile_capture(model: Any, shape: tuple[int, int, int], every: int = 8) -> 
     from generator.capture.hooks import Capture
     from generator.executors import capture_shard
     from generator.inputs import TokenInputs
+    from generator.reducers.covariance import Covariance
 
     n, t, bs = shape
     ids = torch.randint(0, int(model.config.vocab_size), (n, t))
     inputs = TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), bs)
     batches = list(inputs.batches())
     adapter = architectures.for_config(model.config)
-    reducers = suite_reducers(model, n, t, every)
+    cpu_pool = Covariance.POOL_BYTES
+    Covariance.POOL_BYTES = pool_bytes or Covariance.GPU_POOL_BYTES  # read when they are made
+    try:
+        reducers = suite_reducers(model, n, t, every)
+    finally:
+        Covariance.POOL_BYTES = cpu_pool
 
     def loop() -> None:
         with Capture(model, adapter, reducers, deferred=True) as cap:
@@ -717,7 +727,11 @@ def main(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     for label, shape in (("gpt2s_8x128", (16, 128, 8)), ("gpt2s_1x1024", (2, 1024, 1))):
         for k, v in profile_capture(model, shape).items():
             res[f"profile_{label}_{k}"] = v
-    from generator.reducers.covariance import products_dtype
+    from generator.reducers.covariance import Covariance, products_dtype
+
+    cpu = profile_capture(model, (16, 128, 8), pool_bytes=Covariance.POOL_BYTES)
+    for k in ("ops_capture_extra", "kernel_ops_capture_extra"):  # what this CPU runs
+        res[f"profile_gpt2s_8x128_{k}_cpu_pools"] = cpu[k]
 
     res["covariance_products_dtype"] = products_dtype(CaptureOptions().cov_matmul, "cpu")
     both = res["covariance_products_dtype"] != "float32" and not quick

@@ -141,3 +141,23 @@ def test_llama7b_shape_is_made_in_bfloat16_on_the_device_asked_and_leaves_the_de
     assert {p.dtype for p in params} == {torch.bfloat16} and {p.device.type for p in params} == {"meta"}
     assert 6.6e9 < sum(p.numel() for p in params) < 6.8e9
     assert model.config.hidden_size == 4096 and model.config.num_hidden_layers == 32
+
+
+def test_profile_counts_the_gpu_pools_products_unless_told_otherwise(monkeypatch):
+    """The profile stands for a GPU's launches: by default the covariances pool rows as on a
+    GPU (`GPU_POOL_BYTES`); with a pool of 64 rows the same loop makes more products per batch,
+    so more operators. No host sync either way."""
+    import torch
+    from helpers import tiny_gpt2
+
+    from generator.bench import profile_capture
+    from generator.reducers.covariance import Covariance
+
+    torch.manual_seed(0)
+    model = tiny_gpt2(n_layer=2)
+    gpu = profile_capture(model, (8, 32, 4), every=1)
+    small = profile_capture(model, (8, 32, 4), every=1, pool_bytes=64 * 4 * model.config.n_embd)
+    assert small["kernel_ops_capture_extra"] > gpu["kernel_ops_capture_extra"] > 0
+    assert gpu["syncs_per_batch"] == small["syncs_per_batch"] == 0
+    assert Covariance.POOL_BYTES == 4 << 20  # restored
+

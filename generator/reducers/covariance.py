@@ -371,10 +371,15 @@ class Covariance(Reducer):
                                                 outer=True, in_place=True)
 
     def reset(self) -> None:
-        """Empty again; the row pool is kept (it holds nothing between batches)."""
-        buf, wbuf, g, frac = self._buf, self._wbuf, self._g, self._heavy_frac
+        """Empty again; the row pool is kept (it holds nothing between batches), and its size.
+
+        A fresh instance would size its pool from `POOL_BYTES` (the CPU's): a GPU's pool, larger,
+        would then be filled only that far, every shard after the first making more products.
+        """
+        buf, wbuf, g, frac, rows = self._buf, self._wbuf, self._g, self._heavy_frac, self.capacity
         super().reset()
         self._buf, self._wbuf, self._g, self._heavy_frac = buf, wbuf, g, frac
+        self.capacity = rows
 
     def _fold(self) -> None:
         self.end_batch()

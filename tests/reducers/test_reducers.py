@@ -284,6 +284,22 @@ def test_row_pool_is_small_in_the_cpu_heap_and_large_on_a_gpu(setup):
     assert cov._buf is not None and cov._buf.nbytes <= Covariance.POOL_BYTES
 
 
+def test_a_reset_pool_keeps_its_size(setup, monkeypatch):
+    """The executor resets its shard reducers for every shard and keeps their pools: the pool's
+    row count goes with it (a GPU's pool is larger than what `POOL_BYTES` gives a fresh
+    instance; were it not kept, later shards would fill it only that far, or past its end)."""
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point == "attn"]
+    monkeypatch.setattr(Covariance, "POOL_BYTES", 64 * 4 * 32)
+    cov, ref = Covariance(sites, 32, unit=True), Covariance(sites, 32, unit=True)
+    _run([cov], batches, model)
+    monkeypatch.setattr(Covariance, "POOL_BYTES", 512 * 4 * 32)  # what a fresh one would take
+    cov.reset()
+    assert cov.capacity == len(cov._buf) == 64
+    _run([cov, ref], batches, model)
+    np.testing.assert_allclose(cov.state["m2"], ref.state["m2"], rtol=1e-4, atol=1e-6)
+
+
 def test_bfloat16_products_stay_within_their_rounding_of_the_float32_covariance():
     """`matmul_dtype="bfloat16"` (what `capture.cov_matmul = "auto"` picks on CPUs with native
     bfloat16) rounds inputs and each product's result to bfloat16 and sums in float32: the
