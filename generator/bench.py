@@ -767,7 +767,7 @@ def peak_rss(pairs: int = 2) -> dict[str, Any]:
     """Peak RSS of capture and of the forward alone at 32 x 1024 tokens, and its growth to 128.
 
     One subprocess per measurement; a single one moved by about +-150 MB between identical
-    runs when the covariances' 32 MB row pools fragmented the heap (+-20 MB with 4 MB pools),
+    runs when the covariances' 32 MB row pools fragmented the heap (+-50 MB with 4 MB pools),
     so the 32-sample ones are run in `pairs` interleaved pairs (capture, then forward) and
     their means are reported with every run.
     Growth is read inside the 128-sample run: its peak after the shard that completes 32
