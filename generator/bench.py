@@ -478,7 +478,9 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     """Run in a subprocess: the suite's reducers over n_samples x seq_len, print peak RSS.
 
     Capture goes through the shard executor the runner uses (fresh state per shard, merged in
-    order), so the memory measured is the memory a real run needs. `by_shard` is the peak so far
+    order, large totals spilled to a folder under build/ between shards as a run spills them
+    under its artifact folder), so the memory measured is the memory a real run needs,
+    reading the totals back included. `by_shard` is the peak so far
     after each shard's merge, keyed by the samples done: growth with the corpus read within one
     process, free of what separate processes differ by (+-150 MB with 32 MB row pools).
     `shard_peaks` is each shard's own peak: it moved by about +-100 MB from shard to shard of
@@ -486,6 +488,7 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
     in the heap), so the peak so far can rise with no state growing.
     """
     from generator.executors import Local
+    from generator.fsutil import scratch_dir
     from generator.inputs import TokenInputs
     from generator.memory import reuse_freed_memory
 
@@ -509,10 +512,11 @@ def rss_child(n_samples: int, seq_len: int = 1024, batch: int = 4, forward_only:
         shard_peaks.append(peak_rss_mb(restart=True))
 
     peak_before = peak_rss_mb(restart=True)  # the model, the inputs, empty reducers
-    Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
-          progress=False, after_shard=after).capture(inputs, reducers, "rss")
-    for r in reducers:
-        r.arrays()
+    with scratch_dir(Path("build"), "spill") as spill:
+        Local(model, architectures.for_config(model.config), "cpu", CaptureOptions().shard_batches,
+              progress=False, after_shard=after).capture(inputs, reducers, "rss", spill=spill)
+        for r in reducers:
+            r.arrays()
     so_far = np.maximum.accumulate([peak_before, *shard_peaks])[1:]
     print(json.dumps({"rss_mb": max(peak_before, *shard_peaks, peak_rss_mb()),
                       "by_shard": dict(zip(done_at, so_far.tolist(), strict=True)),

@@ -5,7 +5,9 @@ the number of workers). Every shard is reduced into empty reducers (locally one 
 shards, so buffers are allocated once) and the shard states are merged into the result in shard
 order. Since each merge sees the same operands in the same order
 wherever the shard ran, a sharded run is byte-identical to a single-process one, and memory holds
-the result plus one shard's state, whatever the corpus size.
+the result plus one shard's state, whatever the corpus size. Where the run gives a folder
+(`spill`), the large sum totals (position means) stay in files there while the forwards run,
+merged on disk, and come back when first read: the forwards then carry one shard's sums only.
 
 On Ray, each actor loads the model itself, at the locked revision and on its own device
 (`--cpus-per-worker`, `--gpus-per-worker`); the driver keeps only the config, the tokenizer and a
@@ -100,6 +102,23 @@ def merge_totals_on_device(device: torch.device, reducers: list[Reducer]) -> boo
     return need + (1 << 30) <= free + unused
 
 
+SPILL_MIN_BYTES = 16 << 20
+"""A reducer's merged totals go to disk between shards from this size up: the position means
+(240 MB for the suite at GPT-2-small x 1024 positions) go, the rest (a few MB) stay in memory,
+where a file per shard would save nothing measurable."""
+
+
+def spill_totals(reducers: list[Reducer], folder: Path | None) -> None:
+    """Keep the large totals in files in `folder` while capture runs (None: all in memory).
+
+    A shard's forward passes then carry only the shard's own sums, not the run's totals as well
+    (`generator.reducers.spill`): on GPT-2-small x 1024 positions, 240 MB less under the peak.
+    """
+    if folder is not None:
+        for r in reducers:
+            r.spill_to(folder, SPILL_MIN_BYTES)
+
+
 def _n_batches(inputs: TokenInputs, start: int, stop: int) -> int:
     return -(-(stop - start) // inputs.batch_size)
 
@@ -132,8 +151,11 @@ class Local:
             self._parts = {key: [from_config(c) for c in configs]}  # keep only the latest
         return self._parts[key]
 
-    def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str) -> int:
+    def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str,
+                spill: Path | None = None) -> int:
+        """Capture `inputs` into `reducers`; forward passes run. `spill`: see `spill_totals`."""
         configs = [r.config() for r in reducers]
+        spill_totals(reducers, spill)
         total = _n_batches(inputs, 0, inputs.n_samples)
         n = 0
         with tqdm(total=total, desc=label, unit="batch", disable=not self.progress,
@@ -428,9 +450,11 @@ class RayExecutor:
             inflight[ref] = (k, a)
             load[a] += 1
 
-    def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str) -> int:
+    def capture(self, inputs: TokenInputs, reducers: list[Reducer], label: str,
+                spill: Path | None = None) -> int:
         ray = self.ray
         configs = [r.config() for r in reducers]
+        spill_totals(reducers, spill)
         plan = inputs.shards(self.shard_batches)
         queue, tries = deque(range(len(plan))), [0] * len(plan)
         failed_on: list[set[int]] = [set() for _ in plan]

@@ -95,6 +95,22 @@ def clean_temp(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def scratch_dir(root: Path, what: str) -> Iterator[Path]:
+    """A fresh temp folder under `root` for the duration, then removed with what it holds.
+
+    On the disk of `root` (not /tmp, which can be memory). A killed process's is named like the
+    other temp files, so `clean_temp` removes it on the next run into `root`.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{what}.tmp-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 LOCK_FILE = ".lock"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from generator import __version__, artifacts, cache, inputs, memory, models
 from generator.errors import AtlasError, ExecutorError, SuiteError
 from generator.experiment import Context, Experiment, Result, registry
-from generator.fsutil import DiskFullError, exclusive
+from generator.fsutil import DiskFullError, exclusive, scratch_dir
 from generator.suite import Suite, check_params
 
 log = logging.getLogger(__name__)
@@ -332,34 +332,37 @@ def run_loaded(suite: Suite, loaded: models.LoadedModel, params: dict[str, Any],
             raise memory.out_of_memory(name, f"the set-up of {e}'s statistics", exc) from exc
     sinks_of = share_identical(wanted.values())
     check_working_set(suite, loaded, sinks_of)
-    forwards = 0
-    timings: dict[str, float] = {}
-    for mode, sinks in sorted(sinks_of.items()):
-        t0 = time.perf_counter()
-        forwards += executor.capture(token_inputs[mode], sinks, f"{name} {mode}")
-        timings[mode] = time.perf_counter() - t0
-    for e, need in wanted.items():
-        t0 = time.perf_counter()
-        try:
-            result = exps[e].compute(ctx, params[e], need)
-            _check_result(exps[e], result)
-            result.notes += [f"No {p} for {name}: {why}." for p, why in ctx.absent_points.items()]
-        except AtlasError:
-            raise
-        except (MemoryError, RuntimeError) as exc:
-            if not memory.is_out_of_memory(exc):
+    # Large totals wait on disk between shards (executors.spill_totals) until computes read them.
+    with scratch_dir(store.root, "spill") as spill:
+        forwards = 0
+        timings: dict[str, float] = {}
+        for mode, sinks in sorted(sinks_of.items()):
+            t0 = time.perf_counter()
+            forwards += executor.capture(token_inputs[mode], sinks, f"{name} {mode}",
+                                         spill=spill)
+            timings[mode] = time.perf_counter() - t0
+        for e, need in wanted.items():
+            t0 = time.perf_counter()
+            try:
+                result = exps[e].compute(ctx, params[e], need)
+                _check_result(exps[e], result)
+                result.notes += [f"No {p} for {name}: {why}." for p, why in ctx.absent_points.items()]
+            except AtlasError:
                 raise
-            summary.skipped[f"{name}/{e}"] = str(memory.out_of_memory(
-                f"{name}/{e}", "its analysis", exc)).replace("\n  fix:", "; fix:")
-            continue
-        except Exception as exc:  # a bug in one experiment must not cost the rest of the report
-            log.error("%s/%s failed; the other experiments go on", name, e, exc_info=True)
-            summary.skipped[f"{name}/{e}"] = (f"failed with {type(exc).__name__}: {exc}"[:500]
-                                              + " (a bug: please report it with the log above)")
-            continue
-        seconds = time.perf_counter() - t0 + sum(timings.get(m, 0) for m in need) + load_seconds
-        _put(store, loaded, exps[e], keys[e], result, ctx, params[e], token_inputs, seconds)
-        summary.generated.append(f"{name}/{e}")
+            except (MemoryError, RuntimeError) as exc:
+                if not memory.is_out_of_memory(exc):
+                    raise
+                summary.skipped[f"{name}/{e}"] = str(memory.out_of_memory(
+                    f"{name}/{e}", "its analysis", exc)).replace("\n  fix:", "; fix:")
+                continue
+            except Exception as exc:  # a bug in one experiment must not cost the rest of the report
+                log.error("%s/%s failed; the other experiments go on", name, e, exc_info=True)
+                summary.skipped[f"{name}/{e}"] = (f"failed with {type(exc).__name__}: {exc}"[:500]
+                                                  + " (a bug: please report it with the log above)")
+                continue
+            seconds = time.perf_counter() - t0 + sum(timings.get(m, 0) for m in need) + load_seconds
+            _put(store, loaded, exps[e], keys[e], result, ctx, params[e], token_inputs, seconds)
+            summary.generated.append(f"{name}/{e}")
     return forwards
 
 
@@ -368,16 +371,24 @@ def check_working_set(suite: Suite, loaded: models.LoadedModel,
     """Refuse, before the first forward, a run whose statistics and activations cannot fit.
 
     The weights were checked at load; what grows with `seq_len` and `batch_size` is the
-    reducers' state (allocated now, touched during capture, plus a float32 device copy) and the
-    forward's activations. Running out halfway would cost the time spent and say nothing useful.
+    reducers' state (the totals, plus a shard's copy; large sum totals sit on disk while a CPU
+    run's forwards run, and come back once they are done) and the forward's activations.
+    Running out halfway would cost the time spent and say nothing useful.
     """
+    from generator.executors import SPILL_MIN_BYTES
+    from generator.reducers.base import Sums
+
     model = loaded.model
     param = next(model.parameters())
     state = sum(r.nbytes() for rs in sinks.values() for r in rs)
+    # on the CPU, large sum totals wait on disk while the forwards run (executors.spill_totals)
+    on_disk = sum(r.nbytes() for rs in sinks.values() for r in rs
+                  if isinstance(r, Sums) and r.nbytes() >= SPILL_MIN_BYTES) \
+        if param.device.type == "cpu" else 0
     i = suite.inputs
     shapes = [(i.batch_size, i.seq_len), (i.batch_size, i.repeat.seq_len),
               (i.singular.batch_size, 2)]
-    need = 2 * state + max(memory.forward_bytes(model.config, b, t, param.element_size())
+    need = 2 * state - on_disk + max(memory.forward_bytes(model.config, b, t, param.element_size())
                            for b, t in shapes)
     free, where = memory.available(str(param.device))
     if need > free:

@@ -46,6 +46,23 @@ def padded_ids(n: int, t: int, seed: int, pads: dict[int, int]):
     return ids, mask
 
 
+def every_reducer_kind():
+    """One reducer of every kind (two means, two covariances) on a 2-block, width-32 model's
+    attention, MLP and block outputs, for 10 samples of 12 tokens."""
+    from generator.capture.sites import all_sites
+    from generator.reducers.covariance import Covariance
+    from generator.reducers.means import MeanState
+    from generator.reducers.norms import NormStats
+    from generator.reducers.reservoir import Reservoir
+    from generator.reducers.sample_norms import SampleNorms
+
+    sites = [s for s in all_sites(2) if s.point in ("attn", "mlp", "resid_mlp")]
+    return [NormStats(sites, 12), MeanState(sites, 32, keep=("site", "position"), seq_len=12),
+            MeanState(sites, 32, keep=("sample",), max_samples=8), Covariance(sites, 32),
+            Covariance(sites, 32, unit=True, every=2, min_position=1),
+            Reservoir(sites, 32, k=40, seed=5), SampleNorms(sites, 10, 12)]
+
+
 def tiny_gpt2(n_layer: int = 2, n_embd: int = 32, seed: int = 0):
     from transformers import GPT2Config, GPT2Model
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import padded_ids, tiny_llama, write_suite
+from helpers import every_reducer_kind, padded_ids, tiny_llama, write_suite
 
 from generator import architectures as adapters
 from generator import executors
-from generator.capture.sites import all_sites
 from generator.executors import FAULT_DIR, Local, capture_shard
 from generator.inputs import TokenInputs
 from generator.pipeline import Execution, run
@@ -31,13 +30,7 @@ from generator.reducers.sample_norms import SampleNorms
 from generator.reducers.states import dump_states, load_states, merge_states, save_states
 from generator.suite import load_suite
 
-
-def _reducers():
-    sites = [s for s in all_sites(2) if s.point in ("attn", "mlp", "resid_mlp")]
-    return [NormStats(sites, 12), MeanState(sites, 32, keep=("site", "position"), seq_len=12),
-            MeanState(sites, 32, keep=("sample",), max_samples=8), Covariance(sites, 32),
-            Covariance(sites, 32, unit=True, every=2, min_position=1),
-            Reservoir(sites, 32, k=40, seed=5), SampleNorms(sites, 10, 12)]
+_reducers = every_reducer_kind
 
 
 @pytest.fixture(scope="module")
@@ -205,12 +198,43 @@ def _files(root):
             if p.is_file() and p.name not in ("run.json", "summary.json", "history.json")}
 
 
+def _count_disk_adds(monkeypatch):
+    from generator.reducers import spill
+
+    calls = {"n": 0}
+    real = spill.add
+
+    def counted(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(spill, "add", counted)
+    return calls
+
+
+def test_a_run_keeping_every_total_on_disk_writes_the_same_bytes(sharded_suite, tmp_path,
+                                                                 monkeypatch):
+    """Every sum-type total (not only those above the size threshold) kept on disk between
+    shards, through the whole pipeline: byte-identical artifacts, and no spill folder left."""
+    root, suite = sharded_suite
+    monkeypatch.setattr(executors, "SPILL_MIN_BYTES", 0)
+    adds = _count_disk_adds(monkeypatch)
+    s = run(load_suite(suite), tmp_path / "spilled", progress=False)
+    assert not s.skipped, s.skipped
+    assert adds["n"] > 0
+    assert _files(tmp_path / "spilled") == _files(root / "local")
+    assert not list((tmp_path / "spilled").glob(".spill*"))
+
+
 @pytest.mark.slow
 def test_ray_sharded_run_is_byte_identical_and_retries_a_failed_shard(ray_env, sharded_suite,
                                                                       monkeypatch):
+    """Also with the driver's totals on disk between shards (every one, whatever its size)."""
     from generator import models
 
     root, suite = sharded_suite
+    monkeypatch.setattr(executors, "SPILL_MIN_BYTES", 0)
+    adds = _count_disk_adds(monkeypatch)
     (ray_env / "text-1").write_text("")  # shard 1 of the text pass fails once
 
     def no_weights_here(*args, **kwargs):
@@ -222,6 +246,7 @@ def test_ray_sharded_run_is_byte_identical_and_retries_a_failed_shard(ray_env, s
     assert s.retried and "text shard 1: try 1 failed" in s.retried[0]
     assert any("retried" in line for line in s.lines())
     assert _files(root / "ray") == _files(root / "local")
+    assert adds["n"] > 0
     assert not (ray_env / "text-1").exists()
 
 

@@ -196,11 +196,11 @@ def test_out_of_memory_is_named_per_model_and_the_others_still_build(reference, 
         {"name": "a", "path": str(root / "tiny-gpt2")}, {"name": "b", "path": str(root / "tiny-gpt2")}])
     real = executors.Local.capture
 
-    def capture(self, token_inputs, sinks, label):
+    def capture(self, token_inputs, sinks, label, spill=None):
         if label.startswith("a "):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                                "allocate memory: you tried to allocate 8589934592 bytes")
-        return real(self, token_inputs, sinks, label)
+        return real(self, token_inputs, sinks, label, spill)
     monkeypatch.setattr(executors.Local, "capture", capture)
     s = runner.run(load_suite(two), tmp_path / "out", progress=False)
     assert "ran out of memory" in s.skipped["a"] and "batch_size" in s.skipped["a"]

@@ -14,7 +14,9 @@ folded into it by `arrays()`, `merge()` and `load()`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +24,10 @@ import torch
 
 from generator.capture.batch import State
 from generator.capture.sites import Site
+from generator.errors import AtlasError
+from generator.reducers import spill
+
+log = logging.getLogger(__name__)
 
 
 def chan_merge(n_a: Any, mean_a: Any, m2_a: Any, n_b: Any, mean_b: Any, m2_b: Any,
@@ -66,6 +72,7 @@ class Reducer:
     def state(self) -> dict[str, np.ndarray]:
         """The canonical numpy state, with any device-side partial sums folded in first."""
         self._fold()
+        self._restore()
         return self._state
 
     def wants(self, site: Site) -> bool:
@@ -124,7 +131,17 @@ class Reducer:
 
     def arrays(self) -> dict[str, np.ndarray]:
         self._fold()
+        self._restore()
         return dict(self._state)
+
+    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
+        """Keep merged totals of at least `min_bytes` in a file in `folder` until read (`Sums`).
+
+        Here: ignored; these reducers' merges need their whole state in memory, and it is small.
+        """
+
+    def _restore(self) -> None:
+        """Bring spilled totals back into memory (reading them calls this)."""
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         self._dev, self._pristine = None, False
@@ -155,12 +172,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _add_into(r: Reducer, b: dict[str, np.ndarray], adopt: bool) -> None:
+def _add_into(r: Sums, b: dict[str, np.ndarray], adopt: bool, may_spill: bool = True) -> None:
     """Sum-type state += b, in place (states can be hundreds of MB: no new arrays per merge).
 
     A reducer that holds nothing yet takes `b` as its state, bitwise what adding it to zeros
-    gives: its own arrays when `adopt` (device sums it owns), a copy otherwise.
+    gives: its own arrays when `adopt` (device sums it owns), a copy otherwise. Totals kept on
+    disk (`Sums.spill_to`) are added there; where that fails (a full disk), here.
     """
+    if (may_spill or r._spilled is not None) and r._add_on_disk(b):
+        return
     if r._pristine:
         r._state = {k: b[k].astype(v.dtype, copy=False) if adopt else np.array(b[k], v.dtype)
                     for k, v in r._state.items()}
@@ -173,11 +193,76 @@ def _add_into(r: Reducer, b: dict[str, np.ndarray], adopt: bool) -> None:
 class Sums(Reducer):
     """Reducers whose state is plain sums: folding and merging are additions, done in place."""
 
+    _spill_dir: Path | None = None
+    _spill_min = 0
+    _spill_failed = False
+    _spilled: spill.Spilled | None = None
+    """Where the totals are while on disk (`_state` then holds empty placeholders)."""
+
+    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
+        """From now on keep merged totals of at least `min_bytes` in a file in `folder`.
+
+        Merges add into the file (`spill.add`: the same float64 additions as in memory, so the
+        same bits), and the first read (`arrays`, `state`) brings the totals back into memory.
+        A shard's forward passes then carry only the shard's own sums. Totals merged on the
+        device (a GPU run) stay there. A failed write keeps them in memory, with a warning, and
+        no later merge tries again (a full disk would fail the same way): a spill saves memory,
+        it never costs a run.
+        """
+        self._spill_dir, self._spill_min = folder, min_bytes
+
+    def _add_on_disk(self, b: dict[str, np.ndarray]) -> bool:
+        """Add `b` into the totals on disk, writing them there first; False: add in memory.
+
+        In memory when no spill was asked, the totals are small, or the disk failed.
+        """
+        if self._spilled is None and (self._spill_dir is None or self._spill_failed
+                                      or self._dev is not None or self.nbytes() < self._spill_min):
+            return False
+        try:
+            if self._spilled is None:
+                path = self._spill_dir / f"{self.kind}-{id(self):x}.sums"  # type: ignore[operator]
+                dtypes = {k: v.dtype for k, v in self._state.items()}
+                first = self._pristine  # then `b` is the totals: what adding it to zeros gives
+                self._spilled = spill.write(path, b if first else self._state, dtypes)
+                self._state = {k: unallocated_zeros(v.shape, v.dtype)
+                               for k, v in self._state.items()}
+                self._pristine = False
+                if first:
+                    return True
+            spill.add(self._spilled, b)
+            return True
+        except OSError as exc:
+            log.warning("%s totals kept in memory: writing them to disk failed (%s)",
+                        self.kind, exc)
+            self._spill_failed = True
+            self._restore()
+            return False
+
+    def _restore(self) -> None:
+        s = self._spilled
+        if s is None:
+            return
+        try:
+            self._state = spill.read(s)
+        except OSError as exc:
+            raise AtlasError(str(s.path), f"could not be read back ({exc}): the run's "
+                             f"{self.kind} totals, kept on disk between shards, are lost",
+                             "keep the artifact folder's disk available while a run writes to "
+                             "it, and rerun") from exc
+        self._spilled = None
+        s.path.unlink(missing_ok=True)
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self._discard_spill()
+        super().load(arrays)
+
     def _fold(self) -> None:
         self.end_batch()
         if self._dev is not None:
             dev, self._dev = self._dev, None
-            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True)
+            # read now: into memory, not to disk (device totals of a GPU run, `merge_on_device`)
+            _add_into(self, {k: _np(v) for k, v in dev.items()}, adopt=True, may_spill=False)
 
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
         _add_into(self, b, adopt=consume)
@@ -209,6 +294,12 @@ class Sums(Reducer):
                     self._dev[k].add_(v)
         return True
 
+    def _discard_spill(self) -> None:
+        """Forget spilled totals (for `load` and `reset`, which replace the state right after)."""
+        if self._spilled is not None:
+            self._spilled.path.unlink(missing_ok=True)
+            self._spilled = None
+
     def _partials(self) -> tuple[dict[str, np.ndarray], bool]:
         """A shard's device sums as they are (float32 for MeanState), to add into the total.
 
@@ -227,6 +318,7 @@ class Sums(Reducer):
         SmolLM2's 4 x 512).
         """
         dev = self._dev if self._pristine else None
+        self._discard_spill()
         super().reset()
         if dev is not None:
             with torch.inference_mode():  # they were made inside it, by the capture
