@@ -669,21 +669,27 @@ def paper_memory(config: Any, mode: str, n_samples: int, seq_len: int, batch: in
     """GB a run at this size holds: weights, the suite's statistics, one forward's activations.
 
     The statistics are the default suite's reducers for this model and shape, built on a
-    weightless (meta-device) model, counted as the runner's pre-flight check counts them: twice
-    their float64 totals (the totals plus one shard's sums). Their arrays are never touched, so
-    building them costs no memory. The forward is `memory.forward_bytes` at the suite's batch.
+    weightless (meta-device) model, counted as the runner's pre-flight check counts them on a
+    CPU: twice their float64 totals (the totals plus one shard's sums), less the large sum totals
+    that wait on disk while the forwards run (`statistics_on_disk_gb`; they come back for the
+    analysis, after the forwards). Their arrays are never touched, so building them costs no
+    memory. The forward is `memory.forward_bytes` at the suite's batch.
     """
     from transformers import AutoModel
 
     from generator import memory
+    from generator.executors import spilled_bytes
 
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     params = sum(p.numel() for p in model.parameters())
-    state = sum(r.nbytes() for r in suite_reducers(model, n_samples, seq_len, mode=mode))
-    out = {"weights_gb": params * element_size / 1e9, "statistics_gb": 2 * state / 1e9,
+    reducers = suite_reducers(model, n_samples, seq_len, mode=mode)
+    state = sum(r.nbytes() for r in reducers)
+    on_disk = spilled_bytes(reducers)
+    out = {"weights_gb": params * element_size / 1e9, "statistics_gb": (2 * state - on_disk) / 1e9,
            "forward_gb": memory.forward_bytes(config, batch, seq_len, element_size) / 1e9}
     out["total_gb"] = sum(out.values())
+    out["statistics_on_disk_gb"] = on_disk / 1e9
     return out
 
 

@@ -108,6 +108,18 @@ SPILL_MIN_BYTES = 16 << 20
 where a file per shard would save nothing measurable."""
 
 
+def spilled_bytes(reducers: list[Reducer]) -> int:
+    """Bytes of the totals `spill_totals` keeps on disk while a CPU run's forwards run.
+
+    What the pre-flight memory check and the bench's extrapolations leave out of a CPU run's
+    peak (a GPU run keeps its totals on the device where they fit).
+    """
+    from generator.reducers.base import Sums
+
+    return sum(r.nbytes() for r in reducers
+               if isinstance(r, Sums) and r.nbytes() >= SPILL_MIN_BYTES)
+
+
 def spill_totals(reducers: list[Reducer], folder: Path | None) -> None:
     """Keep the large totals in files in `folder` while capture runs (None: all in memory).
 

@@ -375,16 +375,13 @@ def check_working_set(suite: Suite, loaded: models.LoadedModel,
     run's forwards run, and come back once they are done) and the forward's activations.
     Running out halfway would cost the time spent and say nothing useful.
     """
-    from generator.executors import SPILL_MIN_BYTES
-    from generator.reducers.base import Sums
+    from generator.executors import spilled_bytes
 
     model = loaded.model
     param = next(model.parameters())
     state = sum(r.nbytes() for rs in sinks.values() for r in rs)
     # on the CPU, large sum totals wait on disk while the forwards run (executors.spill_totals)
-    on_disk = sum(r.nbytes() for rs in sinks.values() for r in rs
-                  if isinstance(r, Sums) and r.nbytes() >= SPILL_MIN_BYTES) \
-        if param.device.type == "cpu" else 0
+    on_disk = sum(spilled_bytes(rs) for rs in sinks.values()) if param.device.type == "cpu" else 0
     i = suite.inputs
     shapes = [(i.batch_size, i.seq_len), (i.batch_size, i.repeat.seq_len),
               (i.singular.batch_size, 2)]

@@ -1,5 +1,7 @@
 """The bench measures what it claims: the host-overhead proxy, paper-size memory, UMAP, peak RSS."""
 
+import pytest
+
 from generator.bench import host_overhead_proxy
 
 
@@ -34,16 +36,20 @@ def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
     assert 0 < alone["pool_seconds"] < alone["capture_seconds"]
 
 
-def test_paper_memory_counts_what_a_real_capture_holds():
+@pytest.mark.parametrize("spill_from", [16 << 20, 0])
+def test_paper_memory_counts_what_a_real_capture_holds(monkeypatch, spill_from):
     """The statistics `paper_memory` counts on a weightless model are what a capture of that
-    shape really ends with (the reservoir full, every mean slot present), twice over."""
+    shape really ends with (the reservoir full, every mean slot present), twice over, less the
+    sum totals a CPU run keeps on disk during its forwards (none at this size by default; all
+    of them with the threshold at 0)."""
     import torch
     from helpers import tiny_gpt2
 
-    from generator import architectures
+    from generator import architectures, executors
     from generator.bench import paper_memory, suite_reducers
     from generator.executors import Local
     from generator.inputs import TokenInputs
+    from generator.reducers.base import Sums
 
     model = tiny_gpt2(n_layer=2)
     n, t = 32, 16  # enough tokens to fill every reservoir
@@ -53,8 +59,12 @@ def test_paper_memory_counts_what_a_real_capture_holds():
     Local(model, architectures.for_config(model.config), "cpu", 2, progress=False).capture(
         TokenInputs("text", ids, torch.ones_like(ids, dtype=torch.bool), 4), reducers, "x")
     held = sum(a.nbytes for r in reducers for a in r.arrays().values())
+    sums = sum(a.nbytes for r in reducers if isinstance(r, Sums) for a in r.arrays().values())
+    monkeypatch.setattr(executors, "SPILL_MIN_BYTES", spill_from)
     mem = paper_memory(model.config, "text", n, t, 4, 4)
-    assert round(mem["statistics_gb"] * 1e9) == 2 * held
+    on_disk = sums if spill_from == 0 else 0
+    assert sums > 0 and round(mem["statistics_on_disk_gb"] * 1e9) == on_disk
+    assert round(mem["statistics_gb"] * 1e9) == 2 * held - on_disk
     weights = sum(p.numel() for p in model.parameters()) * 4
     assert round(mem["weights_gb"] * 1e9) == weights
     assert mem["total_gb"] > mem["weights_gb"] + mem["statistics_gb"]
