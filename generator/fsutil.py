@@ -102,13 +102,10 @@ def scratch_dir(root: Path, what: str) -> Iterator[Path]:
     On the disk of `root` (not /tmp, which can be memory). A killed process's is named like the
     other temp files, so `clean_temp` removes it on the next run into `root`.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{what}.tmp-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{what}.tmp-",
+                                     ignore_cleanup_errors=True) as folder:
+        yield Path(folder)
 
 
 LOCK_FILE = ".lock"

@@ -36,10 +36,6 @@ class Spilled:
     layout: tuple[tuple[str, tuple[int, ...], str], ...]
     """(key, shape, dtype) per array, in file order."""
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in self.layout)
-
 
 def write(path: Path, arrays: dict[str, np.ndarray],
           dtypes: dict[str, np.dtype] | None = None) -> Spilled:
