@@ -170,6 +170,12 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
 
     Medians, and for the ratios their lowest and highest repetition (`capture_range`,
     `seed_range`): the spread within one run, which a reader needs beside a target of 0.95.
+    Per pass, the minor page faults and the system time of forward and capture alike
+    (`forward_page_faults`, `capture_system_seconds`...): on this project's VMs a process
+    whose heap top glibc trims inside the capture (above its 64 MB trim threshold) faults the
+    forward's next temporaries back in (up to 180k faults, 0.05-0.1 s of system time, per SmolLM2
+    4 x 512 shard), and its ratios come out 0.02-0.04 lower than those of a process that does not;
+    which kind a process is varies from run to run. These numbers say which kind it was.
     """
     from generator.executors import Local
     from generator.inputs import TokenInputs
@@ -198,12 +204,20 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
             for b in batches:
                 model(input_ids=b.input_ids, attention_mask=b.mask.long(), use_cache=False)
 
+    faults: dict[str, list[float]] = {}
+
     def timed(f: Any) -> float:
         sync()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         f()
         sync()
-        return time.perf_counter() - t0
+        t = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        side = "capture" if f is ours else "forward"
+        faults.setdefault(f"{side}_page_faults", []).append(after.ru_minflt - before.ru_minflt)
+        faults.setdefault(f"{side}_system_seconds", []).append(after.ru_stime - before.ru_stime)
+        return t
 
     out: dict[str, list[float]] = {"capture": [], "capture_seconds": [], "forward_seconds": []}
     for f in (plain, ours):
@@ -216,6 +230,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
         out["capture"].append(base / t)
         out["capture_seconds"].append(t)
         out["forward_seconds"].append(base)
+    out.update(faults)  # the paired repetitions' only: the paper-style ones come after
     if pool is not None:
         out["pool_seconds"] = pool.per_call
     if seed:
@@ -618,6 +633,10 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
             share = r["pool_seconds"] / r["forward_seconds"]
             res[f"covariance_products_share_of_forward_{key}"] = share
             res[f"capture_ceiling_from_products_{key}"] = 1 / (1 + share)
+        if default:  # forward, capture: what separates a low run from a high one
+            for k in ("page_faults", "system_seconds"):
+                res[f"capture_vs_forward_{key}_{k}"] = [round(r[f"forward_{k}"], 3),
+                                                        round(r[f"capture_{k}"], 3)]
         if "seed" in r:
             res[f"seed_style_vs_forward_{label}"] = r["seed"]
             res[f"seed_style_vs_forward_{label}_range"] = r["seed_range"]

@@ -31,9 +31,32 @@ def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
         assert lo <= round(both[k], 3) <= hi
     alone = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=1, seed=False)
     assert set(alone) == {"capture", "capture_range", "capture_seconds", "forward_seconds",
-                          "pool_seconds"}
+                          "pool_seconds", "capture_page_faults", "forward_page_faults",
+                          "capture_system_seconds", "forward_system_seconds"}
     # the covariance's pooled products ran inside the timed capture, and took part of it
     assert 0 < alone["pool_seconds"] < alone["capture_seconds"]
+
+
+def test_paired_ratio_counts_the_page_faults_of_each_side(monkeypatch):
+    """A capture that touches fresh memory after every shard (128 MB: mmapped, 32k pages; torch,
+    since numpy asks for huge pages) shows it in its own page faults and system time, not in the
+    forward's."""
+    import torch
+    from helpers import tiny_gpt2
+
+    import generator.executors as executors
+    from generator.bench import paired_ratio, suite_reducers
+
+    kept = []
+    monkeypatch.setattr(executors, "release_free_heap",
+                        lambda: kept.append(float(torch.ones(32 << 20).sum())))
+    model = tiny_gpt2(n_layer=2)
+    ids = torch.randint(0, int(model.config.vocab_size), (8, 16),
+                        generator=torch.Generator().manual_seed(0))
+    r = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=3, seed=False)
+    assert kept  # the shard hook ran inside the timed captures
+    assert r["capture_page_faults"] >= r["forward_page_faults"] + 30_000
+    assert r["capture_system_seconds"] > r["forward_system_seconds"]
 
 
 @pytest.mark.parametrize("spill_from", [16 << 20, 0])
