@@ -230,7 +230,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
         out["capture"].append(base / t)
         out["capture_seconds"].append(t)
         out["forward_seconds"].append(base)
-    out.update(faults)  # the paired repetitions' only: the paper-style ones come after
+    out.update({k: list(v) for k, v in faults.items()})  # these only: paper-style passes follow
     if pool is not None:
         out["pool_seconds"] = pool.per_call
     if seed:

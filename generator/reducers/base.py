@@ -140,6 +140,10 @@ class Reducer:
         Here: ignored; these reducers' merges need their whole state in memory, and it is small.
         """
 
+    def spills(self, min_bytes: int) -> bool:
+        """Whether `spill_to(folder, min_bytes)` would keep this reducer's totals on disk."""
+        return False
+
     def _restore(self) -> None:
         """Bring spilled totals back into memory (reading them calls this)."""
 
@@ -211,13 +215,16 @@ class Sums(Reducer):
         """
         self._spill_dir, self._spill_min = folder, min_bytes
 
+    def spills(self, min_bytes: int) -> bool:
+        return self.nbytes() >= min_bytes
+
     def _add_on_disk(self, b: dict[str, np.ndarray]) -> bool:
         """Add `b` into the totals on disk, writing them there first; False: add in memory.
 
         In memory when no spill was asked, the totals are small, or the disk failed.
         """
         if self._spilled is None and (self._spill_dir is None or self._spill_failed
-                                      or self._dev is not None or self.nbytes() < self._spill_min):
+                                      or self._dev is not None or not self.spills(self._spill_min)):
             return False
         try:
             if self._spilled is None:
