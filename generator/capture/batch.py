@@ -176,6 +176,9 @@ class State:
     site: Site
     h: torch.Tensor
     batch: Batch
+    norms_out: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """Where `norms2d` goes: a (B, T) float32 row of a buffer the capture allocated before the
+    forward (None: a fresh tensor)."""
 
     @cached_property
     def flat(self) -> torch.Tensor:
@@ -193,5 +196,5 @@ class State:
     @cached_property
     def norms2d(self) -> torch.Tensor:
         """(B, T) L2 norm of every slot, zero at padding."""
-        n = torch.linalg.vector_norm(self.h, dim=-1, dtype=torch.float32)
-        return n if self.batch.full else n * self.batch.fmask
+        n = torch.linalg.vector_norm(self.h, dim=-1, dtype=torch.float32, out=self.norms_out)
+        return n if self.batch.full else n.mul_(self.batch.fmask)

@@ -76,6 +76,8 @@ class Covariance(Reducer):
         self._heavy_over: torch.Tensor | None = None
         self._heavy_need: torch.Tensor | None = None
         """Rows weigh 1 (heavy) or `every` (sampled); otherwise all weigh `every`."""
+        self._bufs: dict[str, torch.Tensor] = {}
+        """Per-batch buffers (`_scratch`), kept across batches and shards."""
         self._seg: dict | None = None
         """The current batch's rows in the pool, for `_finalize`: its sites' norms, heavy rows."""
 
@@ -104,35 +106,30 @@ class Covariance(Reducer):
         once per shard, whether that happened. Dropped tokens (`drop_above`) stay in place with
         weight 0: the same sums as leaving them out.
         """
-        b, mp, every = state.batch, self.min_position, self.every
-        n_cand = b.count(1, mp)
-        if n_cand == 0:
+        b = state.batch
+        if b.count(1, self.min_position) == 0:
             return
         seg = self._seg
         if seg is not None and seg["batch"] is not b:  # a caller that skipped `end_batch`
             self._end_rows()
             seg = None
-        idx, m = b.sample_index(every, mp)
-        if seg is None:
-            k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
-                 if self._stratified and n_cand > m else 0)
-            seg = self._seg = {"batch": b, "idx": idx, "m": m, "k": k, "n_cand": n_cand,
-                               "norms": [], "hvals": [], "hidx": [], "pooled": 0, "done": 0}
-        k = seg["k"]
+        if seg is None:  # a caller that skipped `begin_batch`
+            seg = self._seg = self._new_seg(b)
+        j, k, idx = seg["sites"], seg["k"], seg["idx"]
+        seg["sites"] += 1
         if self._per_row:
-            seg["norms"].append(state.norms2d)
+            seg["norm_list"].append(state.norms2d)
         if k:  # the k largest norms outside the sample (-1: not a candidate, never heavy)
-            cand = torch.where(b.outside_sample(every, mp), state.norms2d, -1.0)
-            hvals, hidx = torch.topk(cand.reshape(-1), k)
-            seg["hvals"].append(hvals)
-            seg["hidx"].append(hidx)
-            idx = torch.cat([idx, hidx])
+            outside = b.outside_sample(self.every, self.min_position)
+            cand = torch.where(outside, state.norms2d, -1.0)
+            torch.topk(cand.reshape(-1), k, out=(seg["hvals"][j], seg["hidx"][j]))
+            idx = torch.cat([idx, seg["hidx"][j]])
         src = state.flat
         if self._buf is None:
             self.capacity = self._pool_rows(src.device)
             self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
             self._wbuf = torch.empty(self.capacity, device=src.device)
-        total, done = m + k, 0
+        total, done = seg["m"] + k, 0
         while done < total:  # host-known sizes only
             if self._pooled == self.capacity:
                 self._product()
@@ -146,6 +143,43 @@ class Covariance(Reducer):
             self._pooled += n
             seg["pooled"] += n
             done += n
+
+    def begin_batch(self, b: Batch) -> None:
+        """Before the forward: the batch's sample, and the buffers its sites will write into.
+
+        Everything a site leaves for the end of the batch (its norms, its heavy candidates) goes
+        into buffers made here, once per batch shape, not into tensors made during the forward:
+        small tensors made there and kept until the batch ends split the holes the forward's
+        freed temporaries leave in the heap (glibc), so its next temporaries take fresh pages
+        at the heap's top.
+        """
+        if self._seg is not None:
+            self._end_rows()
+        self._seg = self._new_seg(b) if b.count(1, self.min_position) else None
+
+    def _new_seg(self, b: Batch) -> dict:
+        """The batch's bookkeeping: its hashed sample (m tokens), k heavy rows per site, buffers."""
+        mp, n_cand, s = self.min_position, b.count(1, self.min_position), len(self.sites)
+        idx, m = b.sample_index(self.every, mp)
+        k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
+             if self._stratified and n_cand > m else 0)
+        seg = {"batch": b, "idx": idx, "m": m, "k": k, "n_cand": n_cand, "sites": 0,
+               "pooled": 0, "done": 0}
+        if self._per_row:
+            seg["norm_list"] = []
+            seg["norms"] = self._scratch("norms", (s, *b.mask.shape), torch.float32, b.device)
+        if k:
+            seg["hvals"] = self._scratch("hvals", (s, k), torch.float32, b.device)
+            seg["hidx"] = self._scratch("hidx", (s, k), torch.int64, b.device)
+        return seg
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+        """A per-batch buffer, reused while the batch shape stays (its contents last one batch)."""
+        t = self._bufs.get(name)
+        if t is None or t.shape != shape or t.device != device:
+            t = self._bufs[name] = torch.empty(shape, dtype=dtype, device=device)
+        return t
 
     def _pool_rows(self, device: torch.device) -> int:
         """Rows the pool holds on `device`: `capacity` (`POOL_BYTES`) on the CPU, more elsewhere.
@@ -180,12 +214,12 @@ class Covariance(Reducer):
             if not self._per_row:
                 wdst.fill_(float(self.every))
                 return
-            m = seg["m"]
+            m, s = seg["m"], seg["sites"]
             norms = self._stacked(seg)  # (S, B, T)
-            s, bt = norms.shape[0], norms[0].numel()
+            bt = norms[0].numel()
             tok = seg["idx"].expand(s, m)
             if seg["k"]:
-                tok = torch.cat([tok, torch.stack(seg["hidx"])], 1)
+                tok = torch.cat([tok, seg["hidx"][:s]], 1)
             base = torch.arange(0, s * bt, bt, device=norms.device).unsqueeze(1)
             rn = norms.view(-1).index_select(0, (tok + base).reshape(-1))  # (S * (m + k))
             w = torch.full((s, m), float(self.every), device=norms.device)
@@ -197,17 +231,19 @@ class Covariance(Reducer):
                 if self.drop_above > 0:
                     w = torch.where(rs <= self.drop_above * med, w, 0.0)
             if seg["k"]:  # a site's k largest outside the sample: 1 if heavy, else 0
-                w = torch.cat([w, self._heavy(torch.stack(seg["hvals"]), med).float()], 1)
+                w = torch.cat([w, self._heavy(seg["hvals"][:s], med).float()], 1)
             wdst.copy_(w.reshape(-1)[g0:g1])
             if self.unit:
                 self._buf[p0:p1].div_(rn[g0:g1].clamp_min(1e-12).unsqueeze(1))  # type: ignore[index]
 
     @staticmethod
     def _stacked(seg: dict) -> torch.Tensor:
-        """(S, B, T) norms of the batch's sites so far, stacked once per new site count."""
-        if seg.get("stacked_sites") != len(seg["norms"]):
-            seg["stacked"], seg["stacked_sites"] = torch.stack(seg["norms"]), len(seg["norms"])
-        return seg["stacked"]
+        """(S, B, T) norms of the batch's sites so far, stacked into its buffer once per count."""
+        s = len(seg["norm_list"])
+        if seg.get("stacked_sites") != s:
+            torch.stack(seg["norm_list"], out=seg["norms"][:s])
+            seg["stacked_sites"] = s
+        return seg["norms"][:s]
 
     def _medians(self, seg: dict, norms: torch.Tensor) -> torch.Tensor:
         """(S,) median norm of each site of the batch so far (kept for the next call's sites)."""
@@ -263,7 +299,7 @@ class Covariance(Reducer):
         if seg is None:
             return
         self._finalize()
-        if seg["hidx"]:
+        if seg["k"] and seg["sites"]:
             norms = self._stacked(seg)
             med = self._medians(seg, norms)[:, None, None]
             b = seg["batch"]
@@ -377,8 +413,10 @@ class Covariance(Reducer):
         would then be filled only that far, every shard after the first making more products.
         """
         buf, wbuf, g, frac, rows = self._buf, self._wbuf, self._g, self._heavy_frac, self.capacity
+        bufs = self._bufs
         super().reset()
         self._buf, self._wbuf, self._g, self._heavy_frac = buf, wbuf, g, frac
+        self._bufs = bufs
         self.capacity = rows
 
     def _fold(self) -> None:

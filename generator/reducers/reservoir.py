@@ -90,6 +90,16 @@ class Reservoir(Reducer):
         else:
             rows.copy_(h.index_select(0, part))
 
+    def begin_batch(self, b: Batch) -> None:
+        """Before the forward: the batch's candidates and their row buffer (see `update`).
+
+        Made here rather than at the batch's first site: a buffer made during the forward, and
+        kept past it, splits a hole its freed temporaries left in the heap.
+        """
+        if b is not self._batch:
+            self.end_batch()
+            self._candidates(b)
+
     def _candidates(self, b: Batch) -> None:
         """Every (site, token) of the batch whose hash key is under the threshold.
 
