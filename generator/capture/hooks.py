@@ -29,6 +29,12 @@ from generator.errors import CaptureError
 
 
 class Sink(Protocol):
+    """What the capture feeds: `update` per wanted site, during the forward.
+
+    Optional too: `begin_batch(batch)`, called before each forward (allocate there what the
+    batch keeps), and `end_batch()`, after it.
+    """
+
     def wants(self, site: Site) -> bool: ...
 
     def update(self, state: State) -> None: ...
@@ -195,7 +201,7 @@ class Capture:
         per batch (strace, `mallinfo2` per block, getrusage), and the capture's peak RSS (32 x
         1024 GPT-2-small) 150 MB higher.
         """
-        self._batch = batch
+        self._batch, self._n_gaps = batch, 0  # a forward that raised left its gaps behind
         shape = (len(self.sites), *batch.input_ids.shape)
         try:
             with torch.inference_mode():
