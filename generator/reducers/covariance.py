@@ -109,12 +109,10 @@ class Covariance(Reducer):
         b = state.batch
         if b.count(1, self.min_position) == 0:
             return
+        if self._seg is None or self._seg["batch"] is not b:  # a caller that skipped
+            self.begin_batch(b)  # `begin_batch` (and perhaps the last `end_batch`)
         seg = self._seg
-        if seg is not None and seg["batch"] is not b:  # a caller that skipped `end_batch`
-            self._end_rows()
-            seg = None
-        if seg is None:  # a caller that skipped `begin_batch`
-            seg = self._seg = self._new_seg(b)
+        assert seg is not None  # the batch has candidates
         j, k, idx = seg["sites"], seg["k"], seg["idx"]
         seg["sites"] += 1
         if self._per_row:
@@ -155,11 +153,16 @@ class Covariance(Reducer):
         """
         if self._seg is not None:
             self._end_rows()
-        self._seg = self._new_seg(b) if b.count(1, self.min_position) else None
+        self._seg = self._new_seg(b)
 
-    def _new_seg(self, b: Batch) -> dict:
-        """The batch's bookkeeping: its hashed sample (m tokens), k heavy rows per site, buffers."""
+    def _new_seg(self, b: Batch) -> dict | None:
+        """The batch's bookkeeping: its hashed sample (m tokens), k heavy rows per site, buffers.
+
+        None when the batch has no candidate token (every site's update then returns at once).
+        """
         mp, n_cand, s = self.min_position, b.count(1, self.min_position), len(self.sites)
+        if n_cand == 0:
+            return None
         idx, m = b.sample_index(self.every, mp)
         k = (min(n_cand - m, math.ceil(n_cand * self._heavy_frac) + 4)
              if self._stratified and n_cand > m else 0)

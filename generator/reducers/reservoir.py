@@ -74,9 +74,7 @@ class Reservoir(Reducer):
         rows of all sites land in one buffer, taken in as one chunk.
         """
         b = state.batch
-        if b is not self._batch:
-            self.end_batch()
-            self._candidates(b)
+        self.begin_batch(b)  # nothing to do after the batch's first site (or its `begin_batch`)
         cand = self._cand
         i = self.index[(state.site.point, state.site.block)]
         lo, hi = int(cand["starts"][i]), int(cand["starts"][i + 1])
