@@ -270,6 +270,29 @@ def test_reservoir_slots_hold_the_k_smallest_keys_with_their_own_rows(setup, mon
         np.testing.assert_allclose(row, np.concatenate(k.rows)[match[0]], rtol=1e-5, atol=1e-6)
 
 
+def test_a_shard_reservoir_merges_its_pending_rows_without_slots_of_its_own(setup):
+    """A shard whose candidates never reach `k / 2` (the runner's short shards of a long run)
+    hands them straight to the total at its merge: it never makes its own k-row block, which
+    lived in the heap under every later forward and held nothing between merges. The total
+    still equals one pass over the same batches (k smallest keys, their own rows)."""
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    k = 400  # pending rows must pass max(k // 2, 64) = 200 before a shard takes them in
+    one = Reservoir(sites, 32, k=k, seed=4)
+    _run([one], batches, model)
+    total = Reservoir(sites, 32, k=k, seed=4)
+    for b in batches:
+        shard = Reservoir(sites, 32, k=k, seed=4)
+        _run([shard], [b], model)
+        assert 0 < shard._pending_rows < k // 2
+        total.merge(shard)
+        assert shard._slots is None
+    want, got = one.arrays(), total.arrays()
+    for key in Reservoir.LABELS:
+        np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_array_equal(got["vectors"], want["vectors"])
+
+
 def test_row_pool_is_small_in_the_cpu_heap_and_large_on_a_gpu(setup):
     """The CPU's pool is `POOL_BYTES` (the heap the forward allocates from: a 32 MB pool per
     covariance raised the bench's peak RSS by 350 MB); a GPU's holds `GPU_POOL_BYTES` of rows,
