@@ -10,7 +10,7 @@ import torch
 
 from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
-from generator.reducers.base import Reducer, _np, chan_merge
+from generator.reducers.base import Reducer, _np, chan_merge, unallocated_zeros
 
 
 class Covariance(Reducer):
@@ -60,8 +60,8 @@ class Covariance(Reducer):
                        "matmul_dtype": str(matmul_dtype).removeprefix("torch.")}
         if drop_above:  # only when set: configs (and cache keys) without it stay as they were
             self.params["drop_above"] = drop_above
-        self._state = {"n": np.zeros(()), "mean": np.zeros(d_model),
-                      "m2": np.zeros((d_model, d_model))}
+        self._state = {"n": np.zeros(()), "mean": unallocated_zeros(d_model),
+                       "m2": unallocated_zeros((d_model, d_model))}  # replaced by each merge
         self.capacity = max(64, self.POOL_BYTES // (4 * d_model))
         self._buf: torch.Tensor | None = None
         self._wbuf: torch.Tensor | None = None
