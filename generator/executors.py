@@ -104,8 +104,9 @@ def merge_totals_on_device(device: torch.device, reducers: list[Reducer]) -> boo
 
 SPILL_MIN_BYTES = 16 << 20
 """A reducer's merged totals go to disk between shards from this size up: the position means
-(240 MB for the suite at GPT-2-small x 1024 positions) go, the rest (a few MB) stay in memory,
-where a file per shard would save nothing measurable."""
+(240 MB for the suite at GPT-2-small x 1024 positions) and the large reservoir's rows (29 MB)
+go, the rest (a few MB each) stay in memory, where a file per shard would save nothing
+measurable."""
 
 
 def spilled_bytes(reducers: list[Reducer]) -> int:

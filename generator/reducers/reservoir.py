@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,11 @@ import torch
 
 from generator.capture.batch import Batch, State, to_device, token_hash_np
 from generator.capture.sites import Site
+from generator.errors import AtlasError
+from generator.reducers import spill
 from generator.reducers.base import Reducer
+
+log = logging.getLogger(__name__)
 
 
 class Reservoir(Reducer):
@@ -39,6 +45,11 @@ class Reservoir(Reducer):
     so from the heap and reused (no page faults), and few pieces (each is two operators)."""
     LABELS = ("key", "depth", "block", "sample", "position", "token")
     KEY_SPACE = 1 << 62
+    _spill_dir: Path | None = None
+    _spill_min = 0
+    _spill_failed = False
+    _rows_file: Path | None = None
+    """Where a run's total keeps its rows between merges (`spill_to`); None: in memory."""
 
     def __init__(self, sites: Iterable[Site], d_model: int, k: int, seed: int,
                  population: int = 0) -> None:
@@ -207,6 +218,7 @@ class Reservoir(Reducer):
 
     def _fold(self) -> None:
         """Take in pending rows; build the sorted form if it is out of date."""
+        self._restore()
         self._absorb_pending()
         if not self._sorted:
             u = self._used
@@ -230,6 +242,7 @@ class Reservoir(Reducer):
         k smallest keys of the union are the same either way.
         """
         assert isinstance(other, Reservoir)
+        other._restore()
         other._queue_batch()
         u = other._used
         held = [{k: other._lab[k][:u] for k in self.LABELS}] if u else []
@@ -245,21 +258,82 @@ class Reservoir(Reducer):
     def _take(self, labels: dict[str, np.ndarray], chunks: list[torch.Tensor]) -> None:
         """Merge labelled rows from elsewhere (`chunks`, in label order).
 
-        A run's total keeps its slots on the host.
+        A run's total keeps its slots on the host, or in their file (`spill_to`), mapped only
+        while the entering rows are copied in.
         """
         self._absorb_pending()
         if len(labels["key"]):
-            if self._slots is None:
-                self._slots = torch.empty(self.k, self.d_model)
+            self._open_total_slots()
             self._insert(labels, chunks)
+            if self._rows_file is not None:
+                self._slots = None  # unmapped: the rows wait in the file (the page cache)
+
+    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
+        """From now on keep a total of at least `min_bytes` in a file in `folder` between merges.
+
+        A run's total only waits between merges, but in memory its k rows (29 MB at
+        GPT-2-small's k = 9,600, 157 MB at LLaMA-7B's width) sat under every later shard's
+        forwards. In a file (`spill.mapped`) only the pages a merge writes are touched, while it
+        does; the first read (`arrays`, `state`) brings the rows back into memory. A file that
+        cannot be made (a full disk) keeps them in memory, with a warning: a spill saves
+        memory, it never costs a run.
+        """
+        self._spill_dir, self._spill_min = folder, min_bytes
+
+    def spills(self, min_bytes: int) -> bool:
+        return self.nbytes() >= min_bytes
+
+    def _open_total_slots(self) -> None:
+        """The total's slots for a merge: mapped from their file, made there, or in memory."""
+        if self._slots is not None:
+            return
+        shape = (self.k, self.d_model)
+        if self._rows_file is not None:
+            self._slots = torch.from_numpy(spill.mapped(self._rows_file, shape))
+            return
+        if self._spill_dir is not None and not self._spill_failed and self.spills(self._spill_min):
+            path = self._spill_dir / f"{self.kind}-{id(self):x}.rows"
+            try:
+                self._slots = torch.from_numpy(spill.mapped(path, shape, create=True))
+                self._rows_file = path
+                return
+            except OSError as exc:
+                log.warning("reservoir rows kept in memory: writing them to disk failed (%s)", exc)
+                self._spill_failed = True
+        self._slots = torch.empty(shape)
+
+    def _restore(self) -> None:
+        """Bring a total's rows back from their file into memory (reading it calls this)."""
+        path = self._rows_file
+        if path is None:
+            return
+        u = self._used
+        try:
+            slots = torch.empty(self.k, self.d_model)
+            slots[:u] = torch.from_numpy(np.asarray(spill.mapped(path, (self.k, self.d_model))[:u]))
+        except OSError as exc:
+            raise AtlasError(str(path), f"could not be read back ({exc}): the run's sampled "
+                             "states, kept on disk between shards, are lost",
+                             "keep the artifact folder's disk available while a run writes to "
+                             "it, and rerun") from exc
+        self._slots, self._rows_file = slots, None
+        path.unlink(missing_ok=True)
+
+    def _discard_rows_file(self) -> None:
+        if self._rows_file is not None:
+            self._slots = None
+            self._rows_file.unlink(missing_ok=True)
+            self._rows_file = None
 
     def reset(self) -> None:
         """Empty again; the row slots are kept (reused by the next shard)."""
+        self._discard_rows_file()
         slots = self._slots
         super().reset()
         self._slots = slots
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self._discard_rows_file()
         self._pending, self._vec_pending, self._pending_rows = [], [], 0
         self._state = {k: np.asarray(arrays[k], dtype=self._state[k].dtype) for k in self._state}
         u = len(self._state["key"])

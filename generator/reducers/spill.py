@@ -102,5 +102,26 @@ def add(spilled: Spilled, parts: dict[str, np.ndarray]) -> Spilled:
     return spilled
 
 
+def mapped(path: Path, shape: tuple[int, ...], dtype: type = np.float32,
+           create: bool = False) -> np.ndarray:
+    """A writable array that lives in the file `path` (made, its blocks reserved, with `create`).
+
+    For totals written a few rows at a time and read once (the reservoir's rows): only the
+    pages touched while the array is mapped count in the process's memory, none once it is
+    dropped, and a later mapping sees what was written (the page cache). The blocks are
+    reserved when the file is made (`posix_fallocate`), so a full disk fails there, as an
+    OSError, not later as a SIGBUS on a write into the mapping.
+    """
+    if create:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        try:
+            with open(path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
 def _items(dtype: np.dtype) -> int:
     return max(1, CHUNK_BYTES // dtype.itemsize)

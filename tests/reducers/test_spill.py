@@ -16,6 +16,7 @@ from generator.fsutil import clean_temp, scratch_dir
 from generator.inputs import TokenInputs
 from generator.reducers import spill
 from generator.reducers.means import MeanState
+from generator.reducers.reservoir import Reservoir
 from generator.reducers.sample_norms import SampleNorms
 
 
@@ -50,17 +51,20 @@ def test_spilled_totals_are_bitwise_the_in_memory_ones_and_leave_memory_while_on
     seen = []
     on_disk = every_reducer_kind()
     sums = [r for r in on_disk if isinstance(r, MeanState | SampleNorms)]
+    reservoir = next(r for r in on_disk if isinstance(r, Reservoir))
 
     def after(done):  # between shards: the sums are files, their arrays hold no memory
         seen.append((done, sorted(p.name for p in tmp_path.iterdir())))
         for r in sums:
             assert r._spilled is not None and r._spilled.path.parent == tmp_path
             assert all(v.strides == (0,) * v.ndim for v in r._state.values())  # no data behind
+        # the reservoir's rows: in their file, not mapped between merges
+        assert reservoir._rows_file.parent == tmp_path and reservoir._slots is None
 
     _capture(model_and_inputs, tmp_path, after, on_disk)
     in_memory = _capture(model_and_inputs)
     assert [d for d, _ in seen] == [4, 8, 10]
-    assert all(len(names) == 3 for _, names in seen)  # 2 MeanStates + SampleNorms, one file each
+    assert all(len(names) == 4 for _, names in seen)  # 2 MeanStates, SampleNorms, Reservoir
     _same(on_disk, in_memory)
     assert not list(tmp_path.iterdir())  # read back: the files are gone
 
@@ -111,10 +115,16 @@ def test_a_full_disk_keeps_the_totals_in_memory_with_the_same_bits(model_and_inp
     want = _capture(model_and_inputs)
     monkeypatch.setattr(executors, "SPILL_MIN_BYTES", 0)
     calls = _failing_writes(monkeypatch, fail_from)
+
+    def no_space(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill.os, "posix_fallocate", no_space)  # the reservoir's rows file
     with caplog.at_level(logging.WARNING):
         got = _capture(model_and_inputs, tmp_path)
     assert calls["n"] >= fail_from
     assert "kept in memory" in caplog.text and "No space left" in caplog.text
+    assert "reservoir rows kept in memory" in caplog.text
     _same(got, want)
     assert not list(tmp_path.iterdir())  # no half-written file left behind
 
@@ -127,6 +137,12 @@ def test_totals_lost_from_disk_are_a_named_error(model_and_inputs, tmp_path, mon
     with pytest.raises(AtlasError, match="could not be read back") as err:
         means.arrays()
     assert str(means._spilled.path) in str(err.value)
+    res = next(r for r in reducers if isinstance(r, Reservoir))
+    path = res._rows_file
+    path.unlink()
+    with pytest.raises(AtlasError, match="could not be read back") as err:
+        res.arrays()
+    assert str(path) in str(err.value)
 
 
 def test_chunked_files_add_exactly_what_numpy_adds_in_memory(tmp_path, monkeypatch):
