@@ -115,7 +115,7 @@ def spilled_bytes(reducers: list[Reducer]) -> int:
     What the pre-flight memory check and the bench's extrapolations leave out of a CPU run's
     peak (a GPU run keeps its totals on the device where they fit).
     """
-    return sum(r.nbytes() for r in reducers if r.spills(SPILL_MIN_BYTES))
+    return sum(r.spilled_nbytes() for r in reducers if r.spills(SPILL_MIN_BYTES))
 
 
 def spill_totals(reducers: list[Reducer], folder: Path | None) -> None:

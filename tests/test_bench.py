@@ -78,8 +78,8 @@ def test_paired_ratio_counts_the_page_faults_of_each_side(monkeypatch):
 def test_paper_memory_counts_what_a_real_capture_holds(monkeypatch, spill_from):
     """The statistics `paper_memory` counts on a weightless model are what a capture of that
     shape really ends with (the reservoir full, every mean slot present), twice over, less the
-    sum totals a CPU run keeps on disk during its forwards (none at this size by default; all
-    of them with the threshold at 0)."""
+    totals a CPU run keeps on disk during its forwards, the sums and the reservoirs' rows (none
+    at this size by default; all of them with the threshold at 0)."""
     import torch
     from helpers import tiny_gpt2
 
@@ -88,6 +88,7 @@ def test_paper_memory_counts_what_a_real_capture_holds(monkeypatch, spill_from):
     from generator.executors import Local
     from generator.inputs import TokenInputs
     from generator.reducers.base import Sums
+    from generator.reducers.reservoir import Reservoir
 
     model = tiny_gpt2(n_layer=2)
     n, t = 32, 16  # enough tokens to fill every reservoir
@@ -100,7 +101,8 @@ def test_paper_memory_counts_what_a_real_capture_holds(monkeypatch, spill_from):
     sums = sum(a.nbytes for r in reducers if isinstance(r, Sums) for a in r.arrays().values())
     monkeypatch.setattr(executors, "SPILL_MIN_BYTES", spill_from)
     mem = paper_memory(model.config, "text", n, t, 4, 4)
-    on_disk = sums if spill_from == 0 else 0
+    rows = sum(r.arrays()["vectors"].nbytes for r in reducers if isinstance(r, Reservoir))
+    on_disk = sums + rows if spill_from == 0 else 0
     assert sums > 0 and round(mem["statistics_on_disk_gb"] * 1e9) == on_disk
     assert round(mem["statistics_gb"] * 1e9) == 2 * held - on_disk
     weights = sum(p.numel() for p in model.parameters()) * 4

@@ -144,6 +144,10 @@ class Reducer:
         """Whether `spill_to(folder, min_bytes)` would keep this reducer's totals on disk."""
         return False
 
+    def spilled_nbytes(self) -> int:
+        """Bytes of the totals that go to disk when they spill (all of them, here)."""
+        return self.nbytes()
+
     def _restore(self) -> None:
         """Bring spilled totals back into memory (reading them calls this)."""
 

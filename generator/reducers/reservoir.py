@@ -283,6 +283,10 @@ class Reservoir(Reducer):
     def spills(self, min_bytes: int) -> bool:
         return self.nbytes() >= min_bytes
 
+    def spilled_nbytes(self) -> int:
+        """The rows go to disk; their labels (8 bytes each per row) stay in memory."""
+        return self.k * 4 * self.d_model
+
     def _open_total_slots(self) -> None:
         """The total's slots for a merge: mapped from their file, made there, or in memory."""
         if self._slots is not None:
