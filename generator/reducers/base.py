@@ -24,7 +24,6 @@ import torch
 
 from generator.capture.batch import State
 from generator.capture.sites import Site
-from generator.errors import AtlasError
 from generator.reducers import spill
 
 log = logging.getLogger(__name__)
@@ -257,10 +256,7 @@ class Sums(Reducer):
         try:
             self._state = spill.read(s)
         except OSError as exc:
-            raise AtlasError(str(s.path), f"could not be read back ({exc}): the run's "
-                             f"{self.kind} totals, kept on disk between shards, are lost",
-                             "keep the artifact folder's disk available while a run writes to "
-                             "it, and rerun") from exc
+            raise spill.lost(s.path, f"{self.kind} totals", exc) from exc
         self._spilled = None
         s.path.unlink(missing_ok=True)
 

@@ -12,7 +12,6 @@ import torch
 
 from generator.capture.batch import Batch, State, to_device, token_hash_np
 from generator.capture.sites import Site
-from generator.errors import AtlasError
 from generator.reducers import spill
 from generator.reducers.base import Reducer
 
@@ -316,10 +315,7 @@ class Reservoir(Reducer):
             slots = torch.empty(self.k, self.d_model)
             slots[:u] = torch.from_numpy(np.asarray(spill.mapped(path, (self.k, self.d_model))[:u]))
         except OSError as exc:
-            raise AtlasError(str(path), f"could not be read back ({exc}): the run's sampled "
-                             "states, kept on disk between shards, are lost",
-                             "keep the artifact folder's disk available while a run writes to "
-                             "it, and rerun") from exc
+            raise spill.lost(path, "sampled states", exc) from exc
         self._slots, self._rows_file = slots, None
         path.unlink(missing_ok=True)
 

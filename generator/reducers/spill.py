@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from generator.errors import AtlasError
+
 CHUNK_BYTES = 8 << 20
 """Bytes of a total read, added and written at a time: small against the state, large enough
 that the Python loop around each chunk costs nothing measurable."""
@@ -121,6 +123,14 @@ def mapped(path: Path, shape: tuple[int, ...], dtype: type = np.float32,
             path.unlink(missing_ok=True)
             raise
     return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
+def lost(path: Path, what: str, exc: OSError) -> AtlasError:
+    """The error for totals that could not be read back from `path` (`what`: whose)."""
+    return AtlasError(str(path), f"could not be read back ({exc}): the run's {what}, kept on "
+                      "disk between shards, are lost",
+                      "keep the artifact folder's disk available while a run writes to it, "
+                      "and rerun")
 
 
 def _items(dtype: np.dtype) -> int:
