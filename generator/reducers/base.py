@@ -133,15 +133,39 @@ class Reducer:
         self._restore()
         return dict(self._state)
 
-    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
-        """Keep merged totals of at least `min_bytes` in a file in `folder` until read (`Sums`).
+    CAN_SPILL: ClassVar[bool] = False
+    """Whether this kind can keep its totals on disk between merges (`Sums`, `Reservoir`); the
+    others' merges need their whole state in memory, and it is small."""
+    _spill_dir: Path | None = None
+    _spill_min = 0
+    _spill_failed = False
 
-        Here: ignored; these reducers' merges need their whole state in memory, and it is small.
+    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
+        """From now on keep merged totals of at least `min_bytes` in a file in `folder`.
+
+        Only kinds that `CAN_SPILL`; the rest ignore it. Between merges a run's totals only wait,
+        yet in memory they sit under every later shard's forwards; on disk only what a merge
+        writes is touched, while it does, and the first read (`arrays`, `state`) brings them
+        back into memory. A file that cannot be written (a full disk) keeps the totals in
+        memory, with a warning, and no later merge tries again (it would fail the same way): a
+        spill saves memory, it never costs a run.
         """
+        self._spill_dir, self._spill_min = folder, min_bytes
 
     def spills(self, min_bytes: int) -> bool:
         """Whether `spill_to(folder, min_bytes)` would keep this reducer's totals on disk."""
-        return False
+        return self.CAN_SPILL and self.nbytes() >= min_bytes
+
+    def _spill_path(self, suffix: str) -> Path | None:
+        """The file to keep the totals in now, or None: no spill asked, too small, or it failed."""
+        if self._spill_dir is None or self._spill_failed or not self.spills(self._spill_min):
+            return None
+        return self._spill_dir / f"{self.kind}-{id(self):x}.{suffix}"
+
+    def _spill_refused(self, what: str, exc: OSError) -> None:
+        """A spill's write failed: keep `what` in memory from now on, and say so once."""
+        log.warning("%s kept in memory: writing them to disk failed (%s)", what, exc)
+        self._spill_failed = True
 
     def spilled_nbytes(self) -> int:
         """Bytes of the totals that go to disk when they spill (all of them, here)."""
@@ -198,40 +222,27 @@ def _add_into(r: Sums, b: dict[str, np.ndarray], adopt: bool, may_spill: bool = 
 
 
 class Sums(Reducer):
-    """Reducers whose state is plain sums: folding and merging are additions, done in place."""
+    """Reducers whose state is plain sums: folding and merging are additions, done in place.
 
-    _spill_dir: Path | None = None
-    _spill_min = 0
-    _spill_failed = False
+    Their totals can be kept on disk (`spill_to`): merges add into the file (`spill.add`: the
+    same float64 additions as in memory, so the same bits), and a shard's forward passes carry
+    only the shard's own sums. Totals merged on the device (a GPU run) stay there.
+    """
+
+    CAN_SPILL = True
     _spilled: spill.Spilled | None = None
     """Where the totals are while on disk (`_state` then holds empty placeholders)."""
-
-    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
-        """From now on keep merged totals of at least `min_bytes` in a file in `folder`.
-
-        Merges add into the file (`spill.add`: the same float64 additions as in memory, so the
-        same bits), and the first read (`arrays`, `state`) brings the totals back into memory.
-        A shard's forward passes then carry only the shard's own sums. Totals merged on the
-        device (a GPU run) stay there. A failed write keeps them in memory, with a warning, and
-        no later merge tries again (a full disk would fail the same way): a spill saves memory,
-        it never costs a run.
-        """
-        self._spill_dir, self._spill_min = folder, min_bytes
-
-    def spills(self, min_bytes: int) -> bool:
-        return self.nbytes() >= min_bytes
 
     def _add_on_disk(self, b: dict[str, np.ndarray]) -> bool:
         """Add `b` into the totals on disk, writing them there first; False: add in memory.
 
         In memory when no spill was asked, the totals are small, or the disk failed.
         """
-        if self._spilled is None and (self._spill_dir is None or self._spill_failed
-                                      or self._dev is not None or not self.spills(self._spill_min)):
-            return False
         try:
             if self._spilled is None:
-                path = self._spill_dir / f"{self.kind}-{id(self):x}.sums"  # type: ignore[operator]
+                path = None if self._dev is not None else self._spill_path("sums")
+                if path is None:
+                    return False
                 dtypes = {k: v.dtype for k, v in self._state.items()}
                 first = self._pristine  # then `b` is the totals: what adding it to zeros gives
                 self._spilled = spill.write(path, b if first else self._state, dtypes)
@@ -243,9 +254,7 @@ class Sums(Reducer):
             spill.add(self._spilled, b)
             return True
         except OSError as exc:
-            log.warning("%s totals kept in memory: writing them to disk failed (%s)",
-                        self.kind, exc)
-            self._spill_failed = True
+            self._spill_refused(f"{self.kind} totals", exc)
             self._restore()
             return False
 

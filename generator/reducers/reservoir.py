@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ from generator.capture.batch import Batch, State, to_device, token_hash_np
 from generator.capture.sites import Site
 from generator.reducers import spill
 from generator.reducers.base import Reducer
-
-log = logging.getLogger(__name__)
 
 
 class Reservoir(Reducer):
@@ -44,9 +41,10 @@ class Reservoir(Reducer):
     so from the heap and reused (no page faults), and few pieces (each is two operators)."""
     LABELS = ("key", "depth", "block", "sample", "position", "token")
     KEY_SPACE = 1 << 62
-    _spill_dir: Path | None = None
-    _spill_min = 0
-    _spill_failed = False
+    CAN_SPILL = True
+    """A run's total keeps its rows in a file between merges (`spill.mapped`): in memory its k
+    rows (29 MB at GPT-2-small's k = 9,600, 157 MB at LLaMA-7B's width) sat under every later
+    shard's forwards; mapped, only the pages a merge writes are touched, while it does."""
     _rows_file: Path | None = None
     """Where a run's total keeps its rows between merges (`spill_to`); None: in memory."""
 
@@ -267,21 +265,6 @@ class Reservoir(Reducer):
             if self._rows_file is not None:
                 self._slots = None  # unmapped: the rows wait in the file (the page cache)
 
-    def spill_to(self, folder: Path | None, min_bytes: int = 0) -> None:
-        """From now on keep a total of at least `min_bytes` in a file in `folder` between merges.
-
-        A run's total only waits between merges, but in memory its k rows (29 MB at
-        GPT-2-small's k = 9,600, 157 MB at LLaMA-7B's width) sat under every later shard's
-        forwards. In a file (`spill.mapped`) only the pages a merge writes are touched, while it
-        does; the first read (`arrays`, `state`) brings the rows back into memory. A file that
-        cannot be made (a full disk) keeps them in memory, with a warning: a spill saves
-        memory, it never costs a run.
-        """
-        self._spill_dir, self._spill_min = folder, min_bytes
-
-    def spills(self, min_bytes: int) -> bool:
-        return self.nbytes() >= min_bytes
-
     def spilled_nbytes(self) -> int:
         """The rows go to disk; their labels (8 bytes each per row) stay in memory."""
         return self.k * 4 * self.d_model
@@ -294,15 +277,14 @@ class Reservoir(Reducer):
         if self._rows_file is not None:
             self._slots = torch.from_numpy(spill.mapped(self._rows_file, shape))
             return
-        if self._spill_dir is not None and not self._spill_failed and self.spills(self._spill_min):
-            path = self._spill_dir / f"{self.kind}-{id(self):x}.rows"
+        path = self._spill_path("rows")
+        if path is not None:
             try:
                 self._slots = torch.from_numpy(spill.mapped(path, shape, create=True))
                 self._rows_file = path
                 return
             except OSError as exc:
-                log.warning("reservoir rows kept in memory: writing them to disk failed (%s)", exc)
-                self._spill_failed = True
+                self._spill_refused("reservoir rows", exc)
         self._slots = torch.empty(shape)
 
     def _restore(self) -> None:
