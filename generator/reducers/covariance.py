@@ -10,7 +10,7 @@ import torch
 
 from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
-from generator.reducers.base import Reducer, _np, chan_merge, unallocated_zeros
+from generator.reducers.base import Reducer, _np, chan_merge, chan_merge_into, unallocated_zeros
 
 
 class Covariance(Reducer):
@@ -61,7 +61,10 @@ class Covariance(Reducer):
         if drop_above:  # only when set: configs (and cache keys) without it stay as they were
             self.params["drop_above"] = drop_above
         self._state = {"n": np.zeros(()), "mean": unallocated_zeros(d_model),
-                       "m2": unallocated_zeros((d_model, d_model))}  # replaced by each merge
+                       "m2": unallocated_zeros((d_model, d_model))}  # replaced by a merge
+        self._owns_totals = False
+        """Whether `_state`'s mean and M2 are arrays this reducer made, which later merges write
+        into (`chan_merge_into`): not these zeros, nor arrays lent by `load`'s caller."""
         self.capacity = max(64, self.POOL_BYTES // (4 * d_model))
         self._buf: torch.Tensor | None = None
         self._wbuf: torch.Tensor | None = None
@@ -426,7 +429,7 @@ class Covariance(Reducer):
         self.end_batch()
         self._close()
         if self._dev is not None:
-            self._merge_arrays({k: _np(v) for k, v in self._dev.items()})
+            self._merge_arrays({k: _np(v) for k, v in self._dev.items()}, consume=True)
             self._dev = None
 
     def merge_on_device(self, part: Reducer) -> bool:
@@ -460,13 +463,47 @@ class Covariance(Reducer):
         return not self._state["n"].any()
 
     def _merge_arrays(self, b: dict[str, np.ndarray], consume: bool = False) -> None:
+        """The pairwise merge, with no new d x d array once the totals are this reducer's own.
+
+        Empty totals take `b`'s arrays when they may (`consume`), turned in place into what the
+        merge from zeros gives. Otherwise the first merge makes the totals' arrays and every
+        later one writes into them (`chan_merge_into`). The allocating merge's temporaries are
+        134 MB each at LLaMA-7B's width: four of them per covariance per shard, twice (a shard
+        folding its device totals, the run's totals taking the shard's).
+        """
         a = self._state
-        a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],
-                                                b["n"], b["mean"], b["m2"], outer=True)
+        if self._owns_totals:
+            chan_merge_into(a, b)
+        elif consume and self._host_empty() and b["mean"].flags.writeable \
+                and b["m2"].flags.writeable:
+            self._state = _adopted(b)
+        else:
+            a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],
+                                                    b["n"], b["mean"], b["m2"], outer=True)
+        self._owns_totals = True
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        super().load(arrays)
+        self._owns_totals = False
 
     def covariance(self) -> np.ndarray:
         st = self.arrays()
         return st["m2"] / max(float(st["n"]) - 1.0, 1.0)
+
+
+def _adopted(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`b`'s arrays made, in place, into bitwise what `chan_merge` from zero totals gives.
+
+    With n_a = 0 that merge is n = n_b, mean = 0 + mean_b * w (w = n_b / max(n_b, 1): 1, or 0
+    for a count of 0) and M2 = (0 + M2_b) + outer(mean_b, mean_b) * 0, which is M2_b + 0 (a zero
+    of either sign added to a number leaves it; to a zero, gives +0), for finite states.
+    """
+    n_b = b["n"]
+    mean, m2 = b["mean"], b["m2"]
+    mean *= n_b / np.maximum(n_b, 1)
+    mean += 0.0
+    m2 += 0.0
+    return {"n": n_b + 0.0, "mean": mean, "m2": m2}
 
 
 def products_dtype(choice: str, device: str | torch.device) -> str:

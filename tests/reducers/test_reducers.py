@@ -155,6 +155,46 @@ def test_chan_merge_keeps_precision_with_large_offset():
     np.testing.assert_allclose(m2 / (n - 1), np.cov(x.T), rtol=1e-8)
 
 
+@pytest.mark.parametrize("consume", [False, True])
+def test_a_run_covariance_merges_into_its_own_arrays_bitwise_as_chan_merge(setup, consume):
+    """After the first merge (which takes the shard's arrays when it may consume them) the
+    totals' mean and M2 stay where they are (no new d x d arrays per shard) and hold exactly
+    what the allocating merge gives; arrays lent by `load` are never written into."""
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    parts = []
+    for b in batches:
+        p = Covariance(sites, 32)
+        _run([p], [b], model)
+        parts.append(p.arrays())
+    parts[0]["mean"][:3] = [-0.0, 0.0, -1.5]  # zeros of both signs: the merge from zeros
+    parts[0]["m2"][0, :2] = [-0.0, 0.0]  # makes them +0, and so must taking the arrays
+    total = Covariance(sites, 32)
+    n, mean, m2 = np.zeros(()), np.zeros(32), np.zeros((32, 32))
+    kept = None
+    for i, p in enumerate(parts):
+        given = {k: v.copy() for k, v in p.items()}
+        total._merge_arrays(given, consume=consume)
+        n, mean, m2 = chan_merge(n, mean, m2, p["n"], p["mean"], p["m2"], outer=True)
+        if i == 0:
+            assert (total._state["m2"] is given["m2"]) == consume
+            assert np.array_equal(np.signbit(total._state["mean"]), np.signbit(mean))
+            assert np.array_equal(np.signbit(total._state["m2"]), np.signbit(m2))
+        kept = kept or (total._state["mean"], total._state["m2"])
+    assert total._state["mean"] is kept[0] and total._state["m2"] is kept[1]
+    st = total.arrays()
+    assert st["n"] == n and np.array_equal(st["mean"], mean) and np.array_equal(st["m2"], m2)
+    lent = {k: np.array(v) for k, v in parts[0].items()}
+    before = {k: v.copy() for k, v in lent.items()}
+    loaded = Covariance(sites, 32)
+    loaded.load(lent)
+    loaded._merge_arrays(parts[1])
+    assert all(np.array_equal(lent[k], before[k]) for k in lent)
+    assert np.array_equal(loaded.arrays()["m2"], chan_merge(
+        *(before[k] for k in ("n", "mean", "m2")), *(parts[1][k] for k in ("n", "mean", "m2")),
+        outer=True)[2])
+
+
 def test_reservoir_is_batching_invariant_and_serializable(setup):
     model, batches = setup
     sites = all_sites(2)
