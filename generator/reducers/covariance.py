@@ -126,10 +126,6 @@ class Covariance(Reducer):
             torch.topk(cand.reshape(-1), k, out=(seg["hvals"][j], seg["hidx"][j]))
             idx = torch.cat([idx, seg["hidx"][j]])
         src = state.flat
-        if self._buf is None:
-            self.capacity = self._pool_rows(src.device)
-            self._buf = torch.empty(self.capacity, src.shape[1], device=src.device)
-            self._wbuf = torch.empty(self.capacity, device=src.device)
         total, done = seg["m"] + k, 0
         while done < total:  # host-known sizes only
             if self._pooled == self.capacity:
@@ -152,11 +148,27 @@ class Covariance(Reducer):
         into buffers made here, once per batch shape, not into tensors made during the forward:
         small tensors made there and kept until the batch ends split the holes the forward's
         freed temporaries leave in the heap (glibc), so its next temporaries take fresh pages
-        at the heap's top.
+        at the heap's top. The run-long buffers (the row pool, the products' accumulator) are
+        made here too, before the first forward: made by its first sites (as they were, 19 MB
+        for the suite's three GPT-2-small covariances, torch profiler), they sat for the whole
+        run in the holes that forward's earlier blocks had freed.
         """
         if self._seg is not None:
             self._end_rows()
         self._seg = self._new_seg(b)
+        if self._seg is not None:
+            self._run_buffers(b.device)
+
+    def _run_buffers(self, device: torch.device) -> None:
+        """The row pool and the products' accumulator, made once (kept across shards)."""
+        d = int(self.params["d_model"])
+        if self._buf is None:
+            self.capacity = self._pool_rows(device)
+            self._buf = torch.empty(self.capacity, d, device=device)
+            self._wbuf = torch.empty(self.capacity, device=device)
+        if self._g is None:
+            self._g = torch.zeros(d, d, device=device,
+                                  dtype=torch.promote_types(self.matmul_dtype, self._buf.dtype))
 
     def _new_seg(self, b: Batch) -> dict | None:
         """The batch's bookkeeping: its hashed sample (m tokens), k heavy rows per site, buffers.
@@ -338,11 +350,7 @@ class Covariance(Reducer):
         rows, self._pooled = self._pooled, 0
         acc = self._acc
         if acc is None:
-            if self._g is None:
-                self._g = torch.zeros(x.shape[1], x.shape[1], device=x.device,
-                                      dtype=torch.promote_types(self.matmul_dtype, x.dtype))
-            else:
-                self._g.zero_()
+            self._g.zero_()  # type: ignore[union-attr]
             ws = w.sum()  # all rows dropped (weight 0): their plain mean still centers well
             center = torch.where(ws > 0, (w @ x) / ws.clamp_min(1e-30), x.mean(0))
             acc = self._acc = {"center": center, "n": w.sum(dtype=torch.float64),

@@ -368,6 +368,21 @@ def test_row_pool_is_small_in_the_cpu_heap_and_large_on_a_gpu(setup):
     assert cov._buf is not None and cov._buf.nbytes <= Covariance.POOL_BYTES
 
 
+def test_the_pool_and_accumulator_are_made_before_the_first_forward(setup):
+    """Run-long buffers made by a forward's first sites would sit in the holes its earlier
+    blocks freed for the whole run: `begin_batch` makes them, and the forward makes no other."""
+    model, batches = setup
+    cov = Covariance([s for s in all_sites(2) if s.point == "attn"], 32)
+    cov.begin_batch(batches[0])
+    made = cov._buf, cov._wbuf, cov._g
+    assert all(t is not None for t in made) and not cov._g.any()
+    with Capture(model, adapters.for_config(model.config), [cov]) as cap:
+        for b in batches:
+            cap.run(b)
+    now = cov._buf, cov._wbuf, cov._g
+    assert all(x is y for x, y in zip(now, made, strict=True)) and cov._g.any()
+
+
 def test_a_reset_pool_keeps_its_size(setup, monkeypatch):
     """The executor resets its shard reducers for every shard and keeps their pools: the pool's
     row count goes with it (a GPU's pool is larger than what `POOL_BYTES` gives a fresh
