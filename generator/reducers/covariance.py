@@ -402,7 +402,8 @@ class Covariance(Reducer):
 
     def _close_into_totals(self, acc: dict[str, torch.Tensor]) -> None:
         n_b = acc["n"]
-        m2_b = self._g.double()  # type: ignore[union-attr]
+        # a copy even of float64 products: the totals may take it (`_adopted`), `_g` is reused
+        m2_b = self._g.to(torch.float64, copy=True)  # type: ignore[union-attr]
         e = self._edges(m2_b.shape[0])
         for i in range(len(e) - 1):  # mirror the upper block triangle
             for j in range(i + 1, len(e) - 1):

@@ -195,6 +195,23 @@ def test_a_run_covariance_merges_into_its_own_arrays_bitwise_as_chan_merge(setup
         outer=True)[2])
 
 
+@pytest.mark.parametrize("matmul_dtype", [torch.float32, torch.float64])
+def test_a_covariance_read_midway_goes_on_summing(setup, matmul_dtype):
+    """Reading folds the open sums into totals that take over the folded arrays: they must be
+    copies of the products' accumulator (kept, and zeroed by the next batch), whatever its
+    dtype."""
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    whole, cov = Covariance(sites, 32, matmul_dtype=matmul_dtype), \
+        Covariance(sites, 32, matmul_dtype=matmul_dtype)
+    _run([whole], batches, model)
+    _run([cov], batches[:2], model)
+    cov.arrays()
+    _run([cov], batches[2:], model)
+    for key, want in whole.arrays().items():
+        np.testing.assert_allclose(cov.arrays()[key], want, rtol=1e-6, atol=1e-5, err_msg=key)
+
+
 def test_reservoir_is_batching_invariant_and_serializable(setup):
     model, batches = setup
     sites = all_sites(2)
