@@ -18,6 +18,19 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in ("run.json", "summary.json", "history.json")}
 
 
+def _difference(want: dict[str, bytes], got: dict[str, bytes]) -> str:
+    """The files that differ, and the changed lines of the first differing artifact (not the
+    manifest, which differs whenever one does): what a rare failure needs to be understood."""
+    import difflib
+
+    keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    shown = next((k for k in keys if k in want and k in got and "manifest" not in k), None)
+    lines = [] if shown is None else difflib.unified_diff(
+        want[shown].decode(errors="replace").splitlines(),
+        got[shown].decode(errors="replace").splitlines(), shown, "rerun", lineterm="", n=1)
+    return "\n".join([f"differing files: {keys}", *list(lines)[:40]])
+
+
 @pytest.fixture(scope="module")
 def built(tiny_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
@@ -117,7 +130,8 @@ def test_sigkill_mid_run_then_rerun_gives_identical_artifacts(built, tmp_path):
     proc.wait()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert _files(root / "a") == _files(out)
+    want, got = _files(root / "a"), _files(out)
+    assert want == got, _difference(want, got)
     assert not list(out.rglob(".*tmp-*"))
 
 
