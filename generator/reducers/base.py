@@ -78,6 +78,23 @@ def chan_merge_into(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     a["n"] = n
 
 
+def chan_merge_taking(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`chan_merge(..., outer=True)` of zero totals with `b`, made in place in `b`'s arrays.
+
+    Bitwise that merge's result, for empty totals that may take over `b`'s arrays (consumed).
+
+    With n_a = 0 that merge is n = n_b, mean = 0 + mean_b * w (w = n_b / max(n_b, 1): 1, or 0
+    for a count of 0) and M2 = (0 + M2_b) + outer(mean_b, mean_b) * 0, which is M2_b + 0 (a zero
+    of either sign added to a number leaves it; to a zero, gives +0), for finite states.
+    """
+    n_b = b["n"]
+    mean, m2 = b["mean"], b["m2"]
+    mean *= n_b / np.maximum(n_b, 1)
+    mean += 0.0
+    m2 += 0.0
+    return {"n": n_b + 0.0, "mean": mean, "m2": m2}
+
+
 class Reducer:
     """Base: a set of sites, numpy state in `self._state`, device sums in `self._dev` until folded."""
 

@@ -10,7 +10,14 @@ import torch
 
 from generator.capture.batch import Batch, State
 from generator.capture.sites import Site
-from generator.reducers.base import Reducer, _np, chan_merge, chan_merge_into, unallocated_zeros
+from generator.reducers.base import (
+    Reducer,
+    _np,
+    chan_merge,
+    chan_merge_into,
+    chan_merge_taking,
+    unallocated_zeros,
+)
 
 
 class Covariance(Reducer):
@@ -402,7 +409,7 @@ class Covariance(Reducer):
 
     def _close_into_totals(self, acc: dict[str, torch.Tensor]) -> None:
         n_b = acc["n"]
-        # a copy even of float64 products: the totals may take it (`_adopted`), `_g` is reused
+        # always a copy (float64 products too): the totals may take it, `_g` is reused
         m2_b = self._g.to(torch.float64, copy=True)  # type: ignore[union-attr]
         e = self._edges(m2_b.shape[0])
         for i in range(len(e) - 1):  # mirror the upper block triangle
@@ -485,7 +492,7 @@ class Covariance(Reducer):
             chan_merge_into(a, b)
         elif consume and self._host_empty() and b["mean"].flags.writeable \
                 and b["m2"].flags.writeable:
-            self._state = _adopted(b)
+            self._state = chan_merge_taking(b)
         else:
             a["n"], a["mean"], a["m2"] = chan_merge(a["n"], a["mean"], a["m2"],
                                                     b["n"], b["mean"], b["m2"], outer=True)
@@ -498,21 +505,6 @@ class Covariance(Reducer):
     def covariance(self) -> np.ndarray:
         st = self.arrays()
         return st["m2"] / max(float(st["n"]) - 1.0, 1.0)
-
-
-def _adopted(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`b`'s arrays made, in place, into bitwise what `chan_merge` from zero totals gives.
-
-    With n_a = 0 that merge is n = n_b, mean = 0 + mean_b * w (w = n_b / max(n_b, 1): 1, or 0
-    for a count of 0) and M2 = (0 + M2_b) + outer(mean_b, mean_b) * 0, which is M2_b + 0 (a zero
-    of either sign added to a number leaves it; to a zero, gives +0), for finite states.
-    """
-    n_b = b["n"]
-    mean, m2 = b["mean"], b["m2"]
-    mean *= n_b / np.maximum(n_b, 1)
-    mean += 0.0
-    m2 += 0.0
-    return {"n": n_b + 0.0, "mean": mean, "m2": m2}
 
 
 def products_dtype(choice: str, device: str | torch.device) -> str:
