@@ -24,6 +24,7 @@ from generator.architectures import Architecture
 from generator.capture.batch import Batch, State
 from generator.capture.check import check_residual, residual_gap
 from generator.capture.sites import Site, all_sites
+from generator.capture.vector_math import settle_vector_math
 from generator.capture.wiring import Tap, resolve
 from generator.errors import CaptureError
 
@@ -172,6 +173,7 @@ class Capture:
         self._emit("norm_final", self.n_blocks, _first(output))
 
     def __enter__(self) -> Capture:
+        settle_vector_math()  # before the first forward: its first call must not race
         w = self.wiring
         for i, block in enumerate(w.blocks):
             self._handles.append(block.register_forward_pre_hook(self._block_input(i),
