@@ -1,10 +1,13 @@
+import hashlib
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from generator import architectures
 from generator.capture import hooks
+from generator.capture.batch import Batch
 from generator.capture.vector_math import settle_vector_math
 
 FIRST_CALL = """
@@ -35,8 +38,6 @@ def test_the_first_vector_math_call_of_every_process_agrees_once_settled():
     settle_vector_math()
     with torch.inference_mode():
         want = torch.erf(torch.linspace(-3, 3, 4096))
-    import hashlib
-
     ref = hashlib.sha256(want.numpy().tobytes()).hexdigest()
     got = _first_calls(20, "from generator.capture.vector_math import settle_vector_math\n"
                            "settle_vector_math()")
@@ -45,8 +46,6 @@ def test_the_first_vector_math_call_of_every_process_agrees_once_settled():
 
 def test_capture_settles_vector_math_before_its_first_forward(monkeypatch):
     from helpers import tiny_gpt2
-
-    from generator import architectures
 
     model = tiny_gpt2()
     calls = []
@@ -58,8 +57,6 @@ def test_capture_settles_vector_math_before_its_first_forward(monkeypatch):
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recorded)
-    from generator.capture.batch import Batch
-
     cap = hooks.Capture(model, architectures.for_config(model.config), [])
     with cap:
         cap.run(Batch(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool),
