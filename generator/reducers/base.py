@@ -25,6 +25,7 @@ import torch
 from generator.capture.batch import State
 from generator.capture.sites import Site
 from generator.reducers import spill
+from generator.reducers.adding import add_into
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def _add_into(r: Sums, b: dict[str, np.ndarray], adopt: bool, may_spill: bool = 
                     for k, v in r._state.items()}
     else:  # numpy: 3x faster than torch's add_ for float64 += float32 (measured, 10M values)
         for k, v in r._state.items():
-            np.add(v, b[k], out=v)
+            add_into(v, b[k])
     r._pristine = False
 
 
@@ -381,6 +382,10 @@ class Sums(Reducer):
         super().reset()
         if dev is not None:
             with torch.inference_mode():  # they were made inside it, by the capture
-                for v in dev.values():
-                    v.zero_()
+                self._clear(dev)
             self._dev = dev
+
+    def _clear(self, dev: dict[str, torch.Tensor]) -> None:
+        """Empty the kept device sums for the next shard: zeroed, here (all of them)."""
+        for v in dev.values():
+            v.zero_()

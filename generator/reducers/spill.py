@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from generator.errors import AtlasError
+from generator.reducers.adding import add_into
 
 CHUNK_BYTES = 8 << 20
 """Bytes of a total read, added and written at a time: small against the state, large enough
@@ -95,7 +96,7 @@ def add(spilled: Spilled, parts: dict[str, np.ndarray]) -> Spilled:
                     raw = memoryview(chunk.view(np.uint8))
                     if src.readinto(raw) != raw.nbytes:
                         raise OSError(f"{spilled.path} is shorter than the state written to it")
-                    np.add(chunk, part[i:i + len(chunk)], out=chunk)
+                    add_into(chunk, part[i:i + len(chunk)])
                     dst.write(raw)
         os.replace(new, spilled.path)
     except BaseException:

@@ -465,3 +465,41 @@ def test_products_dtype_is_bfloat16_only_where_the_device_multiplies_it_natively
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda v=bf16: v)
         assert products_dtype("auto", "cuda") == want
     assert products_dtype("auto", "meta") == "float32"
+
+
+def test_a_reused_position_means_shard_sums_what_a_fresh_one_does(setup):
+    """The executor's shard reducers are reset and reused; sums by position are not zeroed by
+    the reset but written over by the next shard's first batch. Whatever a shard holds (full
+    batches; shorter sequences, which write only their first positions; a batch that reaches one
+    site; no batch at all), the run's totals are bitwise those of a fresh reducer per shard."""
+    from generator.capture.batch import State
+
+    model, batches = setup
+    sites = [s for s in all_sites(2) if s.point in ("attn", "resid_mlp")]
+    short = [Batch(b.input_ids[:, :7], b.mask[:, :7], b.sample_ids) for b in batches[2:]]
+    one_site = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(1))
+
+    def reach_one_site(r):  # a batch whose forward reached only the first site
+        with torch.inference_mode():
+            r.update(State(sites[0], one_site, batches[0]))
+            r.end_batch()  # as the capture does after each forward
+
+    shards = [lambda r: _run([r], batches[:2], model), lambda r: _run([r], short, model),
+              reach_one_site, lambda r: None, lambda r: _run([r], batches[1:3], model)]
+
+    def make():
+        return MeanState(sites, 32, keep=("site", "position"), seq_len=12)
+
+    reused, fresh_total, reused_total = make(), make(), make()
+    for fill in shards:
+        reused.reset()
+        fill(reused)
+        reused_total.merge(reused, consume=False)  # as the executor merges a reused shard
+        fresh = make()
+        fill(fresh)
+        fresh_total.merge(fresh, consume=False)
+        assert reused._stale == set()  # every slot was written or zeroed before the merge read it
+    want, got = fresh_total.arrays(), reused_total.arrays()
+    assert got["count"].sum() > 0 and np.abs(got["sum"]).sum() > 0
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
