@@ -467,11 +467,14 @@ def test_products_dtype_is_bfloat16_only_where_the_device_multiplies_it_natively
     assert products_dtype("auto", "meta") == "float32"
 
 
-def test_a_reused_position_means_shard_sums_what_a_fresh_one_does(setup):
+@pytest.mark.parametrize("keep", [("site", "position"), ("position",)])
+def test_a_reused_position_means_shard_sums_what_a_fresh_one_does(setup, keep):
     """The executor's shard reducers are reset and reused; sums by position are not zeroed by
     the reset but written over by the next shard's first batch. Whatever a shard holds (full
     batches; shorter sequences, which write only their first positions; a batch that reaches one
-    site; no batch at all), the run's totals are bitwise those of a fresh reducer per shard."""
+    site; no batch at all), the run's totals are bitwise those of a fresh reducer per shard,
+    with a slot per site and with every site pooled into one slot (written by the first site
+    of a shard, added to by the rest)."""
     from generator.capture.batch import State
 
     model, batches = setup
@@ -488,7 +491,7 @@ def test_a_reused_position_means_shard_sums_what_a_fresh_one_does(setup):
               reach_one_site, lambda r: None, lambda r: _run([r], batches[1:3], model)]
 
     def make():
-        return MeanState(sites, 32, keep=("site", "position"), seq_len=12)
+        return MeanState(sites, 32, keep=keep, seq_len=12)
 
     reused, fresh_total, reused_total = make(), make(), make()
     for fill in shards:
