@@ -4,7 +4,7 @@ The position means are a run's largest state: float64 sums by site and position 
 suite at GPT-2-small x 1024 positions, several GB at LLaMA-7B x 2048), touched only when a shard
 is merged, once per shard, while the shard's own float32 sums take the forward's updates. Held in
 memory, they sat under every forward pass: the capture's peak was 1.5x the forward's on this
-project's CPU (README, performance). Written out after each merge, they cost a sequential write
+project's CPU (PERFORMANCE.md). Written out after each merge, they cost a sequential write
 and read per shard through the page cache (about 0.2 s for 240 MB, against about 20 s of
 forwards in such a shard) and come back into memory only when an experiment reads them.
 
