@@ -113,39 +113,96 @@ class SeedStyle:
         self.kept.clear()
 
 
-class PoolTimer:
-    """Time spent in the covariance's pooled arithmetic while active (CPU: ops run synchronously).
+PARTS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "covariance products": (("covariance", "Covariance", ("_add_pool",)),),
+    "covariance rows, weights and folds": (
+        ("covariance", "Covariance", ("update", "begin_batch", "end_batch", "reset", "_fold")),),
+    "covariance merges": (("covariance", "Covariance", ("merge",)),),
+    "mean sums": (("means", "MeanState", ("update", "end_batch", "reset")),),
+    "mean merges": (("means", "MeanState", ("merge",)),),
+    "norms of every state, and their statistics": (
+        ("norms", "NormStats", ("update", "end_batch", "reset", "merge")),
+        ("sample_norms", "SampleNorms", ("update", "end_batch", "reset", "merge"))),
+    "reservoirs": (("reservoir", "Reservoir", ("update", "begin_batch", "end_batch", "reset",
+                                               "merge")),),
+}
+"""The parts of a capture the bench times inside it: (module in `generator.reducers`, class,
+methods) per part. A method's time excludes the parts it calls (the products inside
+`Covariance.update`, a fold inside a merge); the states' norms (`State.norms2d`, computed once
+per state for every reducer) count as norms whichever reducer asks first. The rest of a
+capture (hooks, residual check, the executor) is what the forward and these leave."""
+PASS_PARTS = ("covariance products", "mean sums", "mean merges",
+              "norms of every state, and their statistics")
+"""Parts that are arithmetic or passes over memory fixed by the statistics themselves: the
+products' FLOPs (rows x d^2 at the sample rate: at this CPU's float32 peak, measured) and the
+bytes of every state (one norm each) and of the means' sums by position (a read-modify-write
+per batch, and the float64 totals' per shard: at about the machine's copy bandwidth). What
+their measured time leaves of a forward bounds capture / forward even if hooks, row gathers,
+reservoirs and everything else cost nothing (their own dispatch, a few us per call, is in it)."""
 
-    `Covariance._add_pool` is where the pooled rows are centered, weighted and multiplied into
-    the accumulator: products (float32 or bfloat16, `capture.cov_matmul`) whose FLOPs the
-    sample rate fixes (rows x d^2, the upper block triangle). Its share of a forward bounds
-    the ratio whatever the rest of capture costs: capture / forward <= 1 / (1 + share). One
-    entry of `per_call` per activation.
+
+class PartsTimer:
+    """Time spent in each of `PARTS` while active, exclusive of the nested parts.
+
+    On the CPU ops are synchronous, so wall time is the work. One dict of seconds per part per
+    activation in `per_call`; `pool` is the covariance products' (`Covariance._add_pool`:
+    centering, weighting and the product of the pooled rows). Its share of a forward bounds
+    the ratio whatever the rest of capture costs: capture / forward <= 1 / (1 + share).
     """
 
     def __init__(self) -> None:
-        self.per_call: list[float] = []
+        self.per_call: list[dict[str, float]] = []
 
-    def __enter__(self) -> PoolTimer:
-        from generator.reducers.covariance import Covariance
+    @property
+    def pool(self) -> list[float]:
+        return [c["covariance products"] for c in self.per_call]
 
-        self._orig, spent = Covariance._add_pool, [0.0]
+    def __enter__(self) -> PartsTimer:
+        import functools
+        import importlib
 
-        def timed(cov: Any) -> None:
-            t0 = time.perf_counter()
-            try:
-                self._orig(cov)
-            finally:
-                spent[0] += time.perf_counter() - t0
+        from generator.capture.batch import State
+
+        spent = dict.fromkeys(PARTS, 0.0)
+        stack: list[float] = []  # per open timed call: the time its timed callees took
+
+        def timed(fn: Any, part: str) -> Any:
+            @functools.wraps(fn)
+            def call(*a: Any, **k: Any) -> Any:
+                stack.append(0.0)
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    dt = time.perf_counter() - t0
+                    spent[part] += dt - stack.pop()
+                    if stack:
+                        stack[-1] += dt
+            return call
+
+        self._undo: list[tuple[Any, str, Any]] = []  # (class, name, what its __dict__ held)
+        for part, places in PARTS.items():
+            for module, cls_name, methods in places:
+                cls = getattr(importlib.import_module(f"generator.reducers.{module}"), cls_name)
+                for m in methods:
+                    self._undo.append((cls, m, cls.__dict__.get(m)))
+                    setattr(cls, m, timed(getattr(cls, m), part))
+        norms = State.__dict__["norms2d"]
+        prop = functools.cached_property(timed(norms.func,
+                                               "norms of every state, and their statistics"))
+        prop.__set_name__(State, "norms2d")
+        self._undo.append((State, "norms2d", norms))
+        State.norms2d = prop  # type: ignore[method-assign,assignment]
         self._spent = spent
-        Covariance._add_pool = timed  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from generator.reducers.covariance import Covariance
-
-        Covariance._add_pool = self._orig  # type: ignore[method-assign]
-        self.per_call.append(self._spent[0])
+        for cls, name, held in reversed(self._undo):
+            if held is None:
+                delattr(cls, name)  # it was inherited: the base's method shows through again
+            else:
+                setattr(cls, name, held)
+        self.per_call.append(dict(self._spent))
 
 
 def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: Any,
@@ -161,8 +218,9 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     (key, site) pair is kept once): its merge is the key sort alone, where a real next shard
     also copies the rows that enter (those of its own k / shards or so that beat the total).
 
-    On the CPU it also times the covariance's pooled arithmetic inside the capture
-    repetitions (`PoolTimer`): `pool_seconds`, to set against `forward_seconds`.
+    On the CPU it also times the parts of the capture inside its repetitions (`PartsTimer`):
+    `parts_seconds` (median seconds per part) and `pool_seconds` (the covariance products), to
+    set against `forward_seconds`.
 
     With `seed`, the paper-style capture is then paired with the forward in repetitions of its
     own. It copies every hooked output (hundreds of MB, freed after each pass); interleaved with
@@ -222,7 +280,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     out: dict[str, list[float]] = {"capture": [], "capture_seconds": [], "forward_seconds": []}
     for f in (plain, ours):
         f()  # warm-up
-    pool = PoolTimer() if device.type == "cpu" else None
+    pool = PartsTimer() if device.type == "cpu" else None
     for _ in range(reps):
         base = timed(plain)
         with pool or contextlib.nullcontext():
@@ -232,7 +290,7 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
         out["forward_seconds"].append(base)
     out.update({k: list(v) for k, v in faults.items()})  # these only: paper-style passes follow
     if pool is not None:
-        out["pool_seconds"] = pool.per_call
+        out["pool_seconds"] = pool.pool
     if seed:
         seed_style()  # warm-up
         out["seed"] = []
@@ -240,6 +298,8 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
             base = timed(plain)
             out["seed"].append(base / timed(seed_style))
     res: dict[str, Any] = {k: statistics.median(v) for k, v in out.items()}
+    if pool is not None:
+        res["parts_seconds"] = {p: statistics.median(c[p] for c in pool.per_call) for p in PARTS}
     for k in ("capture", "seed"):  # the spread within the run, beside its median
         if k in out:
             res[f"{k}_range"] = [round(min(out[k]), 3), round(max(out[k]), 3)]
@@ -633,6 +693,11 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
             share = r["pool_seconds"] / r["forward_seconds"]
             res[f"covariance_products_share_of_forward_{key}"] = share
             res[f"capture_ceiling_from_products_{key}"] = 1 / (1 + share)
+        if default and "parts_seconds" in r:
+            res[f"capture_parts_ms_per_shard_{key}"] = capture_parts(r)
+            passes = sum(r["parts_seconds"][p] for p in PASS_PARTS)
+            res[f"capture_ceiling_from_products_and_passes_{key}"] = (
+                r["forward_seconds"] / (r["forward_seconds"] + passes))
         if default:  # forward, capture: what separates a low run from a high one
             for k in ("page_faults", "system_seconds"):
                 res[f"capture_vs_forward_{key}_{k}"] = [round(r[f"forward_{k}"], 3),
@@ -641,6 +706,20 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
             res[f"seed_style_vs_forward_{label}"] = r["seed"]
             res[f"seed_style_vs_forward_{label}_range"] = r["seed_range"]
             res["_tokens_per_s"] = n * t / r["capture_seconds"]
+
+
+def capture_parts(r: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds per shard: the forward, the capture, each timed part, and what is left.
+
+    All medians over the same paired repetitions; `rest` (hooks, the residual check, the
+    executor, Python between the parts) is capture minus forward minus the parts, so it also
+    carries the noise of the difference of two medians.
+    """
+    ms = {"forward": r["forward_seconds"] * 1000, "capture": r["capture_seconds"] * 1000}
+    parts = {p: s * 1000 for p, s in r["parts_seconds"].items()}
+    rest = ms["capture"] - ms["forward"] - sum(parts.values())
+    return {k: round(v, 1) for k, v in {**ms, **parts, "rest: hooks, residual check, executor":
+                                        rest}.items()}
 
 
 def host_overhead_proxy(reps: int) -> dict[str, float]:

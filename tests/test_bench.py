@@ -34,10 +34,62 @@ def test_paired_ratio_gives_the_paper_style_ratio_only_when_asked():
         assert lo <= round(both[k], 3) <= hi
     alone = paired_ratio(model, ids, 4, lambda: suite_reducers(model, 8, 16), reps=1, seed=False)
     assert set(alone) == {"capture", "capture_range", "capture_seconds", "forward_seconds",
-                          "pool_seconds", "capture_page_faults", "forward_page_faults",
-                          "capture_system_seconds", "forward_system_seconds"}
+                          "pool_seconds", "parts_seconds", "capture_page_faults",
+                          "forward_page_faults", "capture_system_seconds",
+                          "forward_system_seconds"}
     # the covariance's pooled products ran inside the timed capture, and took part of it
     assert 0 < alone["pool_seconds"] < alone["capture_seconds"]
+    parts = alone["parts_seconds"]  # every kind of reducer the suite makes took its own time
+    assert all(v > 0 for v in parts.values()), parts
+    assert parts["covariance products"] == alone["pool_seconds"]
+    assert sum(parts.values()) < alone["capture_seconds"]
+
+
+def test_parts_timer_counts_nested_parts_once_and_puts_every_method_back(monkeypatch):
+    """A product made slow (planted: 50 ms) inside `end_batch` is the products' time, not the
+    rows' too; after the timer, the classes hold exactly what they held before."""
+    import time
+
+    import torch
+
+    from generator.bench import PARTS, PartsTimer
+    from generator.capture.batch import Batch, State
+    from generator.capture.sites import Site
+    from generator.reducers.base import Reducer
+    from generator.reducers.covariance import Covariance
+    from generator.reducers.means import MeanState
+
+    real = Covariance._add_pool
+
+    def slow(cov):
+        time.sleep(0.05)
+        real(cov)
+    monkeypatch.setattr(Covariance, "_add_pool", slow)
+    before = {k: dict(c.__dict__) for k, c in (("cov", Covariance), ("mean", MeanState),
+                                                ("state", State))}
+    site, d = Site(1, "attn", 0), 16
+    cov, mean = Covariance([site], d, unit=True), MeanState([site], d, keep=("site", "position"),
+                                                           seq_len=8)
+    b = Batch(torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.bool),
+              torch.arange(2))
+    timer = PartsTimer()
+    with timer:
+        cov.begin_batch(b)
+        state = State(site, torch.randn(2, 8, d), b)
+        cov.update(state)  # the unit covariance asks for the norms first
+        mean.update(state)
+        cov.end_batch()  # the pool's product: 50 ms planted
+        mean.end_batch()
+    spent = timer.per_call[0]
+    assert set(spent) == set(PARTS)
+    assert spent["covariance products"] >= 0.05
+    assert spent["covariance rows, weights and folds"] < 0.04  # the product is not in it too
+    assert spent["norms of every state, and their statistics"] > 0  # where norms2d ran
+    assert spent["mean sums"] > 0 and spent["reservoirs"] == 0
+    after = {k: dict(c.__dict__) for k, c in (("cov", Covariance), ("mean", MeanState),
+                                               ("state", State))}
+    assert after == before
+    assert MeanState.merge is Reducer.merge  # inherited methods are inherited again
 
 
 def _huge_pages_always() -> bool:
