@@ -114,23 +114,25 @@ class SeedStyle:
 
 
 PARTS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
-    "covariance products": (("covariance", "Covariance", ("_add_pool",)),),
+    "covariance products": (("reducers.covariance", "Covariance", ("_add_pool",)),),
     "covariance rows, weights and folds": (
-        ("covariance", "Covariance", ("update", "begin_batch", "end_batch", "reset", "_fold")),),
-    "covariance merges": (("covariance", "Covariance", ("merge",)),),
-    "mean sums": (("means", "MeanState", ("update", "end_batch", "reset")),),
-    "mean merges": (("means", "MeanState", ("merge",)),),
+        ("reducers.covariance", "Covariance", ("update", "begin_batch", "end_batch", "reset",
+                                               "_fold")),),
+    "covariance merges": (("reducers.covariance", "Covariance", ("merge",)),),
+    "mean sums": (("reducers.means", "MeanState", ("update", "end_batch", "reset")),),
+    "mean merges": (("reducers.means", "MeanState", ("merge",)),),
     "norms of every state, and their statistics": (
-        ("norms", "NormStats", ("update", "end_batch", "reset", "merge")),
-        ("sample_norms", "SampleNorms", ("update", "end_batch", "reset", "merge"))),
-    "reservoirs": (("reservoir", "Reservoir", ("update", "begin_batch", "end_batch", "reset",
-                                               "merge")),),
+        ("reducers.norms", "NormStats", ("update", "end_batch", "reset", "merge")),
+        ("reducers.sample_norms", "SampleNorms", ("update", "end_batch", "reset", "merge"))),
+    "reservoirs": (("reducers.reservoir", "Reservoir", ("update", "begin_batch", "end_batch",
+                                                        "reset", "merge")),),
+    "residual check": (("capture.hooks", "", ("residual_gap",)),),
 }
-"""The parts of a capture the bench times inside it: (module in `generator.reducers`, class,
-methods) per part. A method's time excludes the parts it calls (the products inside
-`Covariance.update`, a fold inside a merge); the states' norms (`State.norms2d`, computed once
-per state for every reducer) count as norms whichever reducer asks first. The rest of a
-capture (hooks, residual check, the executor) is what the forward and these leave."""
+"""The parts of a capture the bench times inside it: (module in `generator`, class or "" for
+the module's own functions, methods) per part. A method's time excludes the parts it calls
+(the products inside `Covariance.update`, a fold inside a merge); the states' norms
+(`State.norms2d`, computed once per state for every reducer) count as norms whichever reducer
+asks first. The rest of a capture (hooks, the executor) is what the forward and these leave."""
 PASS_PARTS = ("covariance products", "mean sums", "mean merges",
               "norms of every state, and their statistics")
 """Parts that are arithmetic or passes over memory fixed by the statistics themselves: the
@@ -180,13 +182,14 @@ class PartsTimer:
                         stack[-1] += dt
             return call
 
-        self._undo: list[tuple[Any, str, Any]] = []  # (class, name, what its __dict__ held)
+        self._undo: list[tuple[Any, str, Any]] = []  # (owner, name, what its __dict__ held)
         for part, places in PARTS.items():
             for module, cls_name, methods in places:
-                cls = getattr(importlib.import_module(f"generator.reducers.{module}"), cls_name)
+                mod = importlib.import_module(f"generator.{module}")
+                owner = getattr(mod, cls_name) if cls_name else mod
                 for m in methods:
-                    self._undo.append((cls, m, cls.__dict__.get(m)))
-                    setattr(cls, m, timed(getattr(cls, m), part))
+                    self._undo.append((owner, m, owner.__dict__.get(m)))
+                    setattr(owner, m, timed(getattr(owner, m), part))
         norms = State.__dict__["norms2d"]
         prop = functools.cached_property(timed(norms.func,
                                                "norms of every state, and their statistics"))
@@ -197,11 +200,11 @@ class PartsTimer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for cls, name, held in reversed(self._undo):
+        for owner, name, held in reversed(self._undo):
             if held is None:
-                delattr(cls, name)  # it was inherited: the base's method shows through again
+                delattr(owner, name)  # it was inherited: the base's method shows through again
             else:
-                setattr(cls, name, held)
+                setattr(owner, name, held)
         self.per_call.append(dict(self._spent))
 
 
@@ -711,15 +714,14 @@ def ratios(res: dict[str, Any], model: Any, label: str, shape: tuple[int, int, i
 def capture_parts(r: dict[str, Any]) -> dict[str, float]:
     """Milliseconds per shard: the forward, the capture, each timed part, and what is left.
 
-    All medians over the same paired repetitions; `rest` (hooks, the residual check, the
-    executor, Python between the parts) is capture minus forward minus the parts, so it also
+    All medians over the same paired repetitions; `rest` (hooks, the executor, the Python
+    between the parts) is capture minus forward minus the parts, so it also
     carries the noise of the difference of two medians.
     """
     ms = {"forward": r["forward_seconds"] * 1000, "capture": r["capture_seconds"] * 1000}
     parts = {p: s * 1000 for p, s in r["parts_seconds"].items()}
     rest = ms["capture"] - ms["forward"] - sum(parts.values())
-    return {k: round(v, 1) for k, v in {**ms, **parts, "rest: hooks, residual check, executor":
-                                        rest}.items()}
+    return {k: round(v, 1) for k, v in {**ms, **parts, "rest: hooks, executor": rest}.items()}
 
 
 def host_overhead_proxy(reps: int) -> dict[str, float]:
