@@ -283,17 +283,17 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
     out: dict[str, list[float]] = {"capture": [], "capture_seconds": [], "forward_seconds": []}
     for f in (plain, ours):
         f()  # warm-up
-    pool = PartsTimer() if device.type == "cpu" else None
+    parts = PartsTimer() if device.type == "cpu" else None
     for _ in range(reps):
         base = timed(plain)
-        with pool or contextlib.nullcontext():
+        with parts or contextlib.nullcontext():
             t = timed(ours)
         out["capture"].append(base / t)
         out["capture_seconds"].append(t)
         out["forward_seconds"].append(base)
     out.update({k: list(v) for k, v in faults.items()})  # these only: paper-style passes follow
-    if pool is not None:
-        out["pool_seconds"] = pool.pool
+    if parts is not None:
+        out["pool_seconds"] = parts.pool
     if seed:
         seed_style()  # warm-up
         out["seed"] = []
@@ -301,8 +301,8 @@ def paired_ratio(model: Any, ids: torch.Tensor, batch_size: int, reducers_fn: An
             base = timed(plain)
             out["seed"].append(base / timed(seed_style))
     res: dict[str, Any] = {k: statistics.median(v) for k, v in out.items()}
-    if pool is not None:
-        res["parts_seconds"] = {p: statistics.median(c[p] for c in pool.per_call) for p in PARTS}
+    if parts is not None:
+        res["parts_seconds"] = {p: statistics.median(c[p] for c in parts.per_call) for p in PARTS}
     for k in ("capture", "seed"):  # the spread within the run, beside its median
         if k in out:
             res[f"{k}_range"] = [round(min(out[k]), 3), round(max(out[k]), 3)]
@@ -715,8 +715,8 @@ def capture_parts(r: dict[str, Any]) -> dict[str, float]:
     """Milliseconds per shard: the forward, the capture, each timed part, and what is left.
 
     All medians over the same paired repetitions; `rest` (hooks, the executor, the Python
-    between the parts) is capture minus forward minus the parts, so it also
-    carries the noise of the difference of two medians.
+    between the parts) is capture minus forward minus the parts, so it also carries the noise
+    of the difference of two medians.
     """
     ms = {"forward": r["forward_seconds"] * 1000, "capture": r["capture_seconds"] * 1000}
     parts = {p: s * 1000 for p, s in r["parts_seconds"].items()}
